@@ -14,6 +14,7 @@ differentiable) in training mode.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 
 from . import flex
 from .config import VideoMambaConfig
-from .scan import selective_scan
+from .scan import cpu as cpu_kernels
+from .scan import pick_backend, selective_scan
 
 
 class RMSNorm(nn.Module):
@@ -96,17 +98,41 @@ class BiMambaMixer(nn.Module):
                            delta_bias=dt_proj.bias.float(), delta_softplus=True)
         return y.transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden (B, L, C). order: token indices of the backward scan (None: whole sequence
-        reversed, the public model)."""
+    def forward(self, hidden: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """hidden (B, L, C); order: token indices of the backward scan."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        if _use_fused_cpu(hidden, self):
+            return self.out_proj(self._fused_cpu(x, z, order).to(hidden.dtype))
         y = self._direction(x, z, "")
-        if order is None:
-            y_b = self._direction(x.flip(1), z.flip(1), "_b").flip(1)
-        else:
-            y_b = torch.empty_like(y)
-            y_b[:, order] = self._direction(x[:, order], z[:, order], "_b")
+        y_b = torch.empty_like(y)
+        y_b[:, order] = self._direction(x[:, order], z[:, order], "_b")
         return self.out_proj(y + y_b)
+
+    def _fused_cpu(self, x: torch.Tensor, z: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Inference on the CPU kernels: both directions read x and z in place (the backward one
+        through `order`, no permuted copies), and accumulate into one gated output."""
+        out = None
+        for suffix, steps in (("", None), ("_b", order)):
+            conv, x_proj, dt_proj = (getattr(self, name + suffix) for name in ("conv1d", "x_proj", "dt_proj"))
+            a_log, skip = (self.A_log, self.D) if suffix == "" else (self.A_b_log, self.D_b)
+            xc = cpu_kernels.conv_silu(x, conv.weight, conv.bias, steps)
+            dt, b_mat, c_mat = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            delta = F.linear(dt, dt_proj.weight)
+            y = cpu_kernels.forward(xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(a_log.float()),
+                                    b_mat.transpose(1, 2), c_mat.transpose(1, 2), skip, z=z.transpose(1, 2),
+                                    delta_bias=dt_proj.bias, delta_softplus=True, order=steps, out=out)
+            out = y.transpose(1, 2)
+        return out
+
+
+def _use_fused_cpu(hidden: torch.Tensor, mixer: nn.Module) -> bool:
+    """The fused kernels have no backward: only for CPU inference, and only where the scan
+    dispatch would pick the CPU kernel anyway (so STRETCHYSNAKE_SCAN=reference stays pure)."""
+    if hidden.device.type != "cpu" or hidden.dtype == torch.float64:
+        return False
+    if torch.is_grad_enabled() and (hidden.requires_grad or mixer.in_proj.weight.requires_grad):
+        return False
+    return pick_backend(hidden) == "cpu"
 
 
 class Block(nn.Module):
@@ -116,17 +142,19 @@ class Block(nn.Module):
         self.mixer = BiMambaMixer(cfg)
         self.drop_path = drop_path
 
-    def forward(self, residual: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, residual: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         out = self.mixer(self.norm(residual), order)
         return residual + _drop_path(out, self.drop_path, self.training).float()
 
 
-def backward_order(kind: str, grid: tuple[int, int, int]) -> torch.Tensor | None:
-    """Token order of the backward direction for a [cls, frames...] sequence; None for the whole
-    sequence reversed. The other two keep cls last too, like the full reversal."""
-    if kind == "reverse":
-        return None
+@functools.lru_cache(maxsize=128)
+def backward_order(kind: str, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Token order of the backward direction for a [cls, frames...] sequence: the whole sequence
+    reversed (the public model), or patches reversed within each frame, or frames reversed;
+    the last two keep cls last too, like the full reversal."""
     t, h, w = grid
+    if kind == "reverse":
+        return torch.arange(t * h * w, -1, -1)
     patches = torch.arange(1, 1 + t * h * w).reshape(t, h * w)
     patches = patches.flip(1) if kind == "reverse_within_frame" else patches.flip(0)
     return torch.cat([patches.reshape(-1), torch.zeros(1, dtype=torch.long)])

@@ -1,6 +1,7 @@
-"""Fast CPU selective scan: the C kernel in cpu_kernel.c, built on first use with the system C
+"""Fast CPU selective scan: the C kernels in cpu_kernel.c, built on first use with the system C
 compiler into a per-user cache (like a JIT: no build step at install time, no torch headers),
-called through ctypes on as many threads as torch uses, with a backward pass for training.
+called through ctypes with as many OpenMP threads as torch uses, with a backward pass for
+training. Also the causal conv1d + SiLU that the fused inference mixer uses.
 
 available() says whether the kernel could be built; dispatch (model.scan) falls back to the
 reference when it cannot.
@@ -15,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -23,8 +23,11 @@ import torch
 LANES = 16  # W in cpu_kernel.c
 MAX_STATE = 64  # MAXN in cpu_kernel.c
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared", "-std=c11", "-fopenmp-simd",
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared", "-std=c11",
           "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+# libgomp.so.1 is the soname torch's own OpenMP runtime is loaded under, so the kernels join
+# torch's thread pool (two pools spin against each other on a small machine).
+OPENMP = ["-fopenmp"]
 
 _f = ctypes.POINTER(ctypes.c_float)
 _i = ctypes.c_int64
@@ -45,6 +48,7 @@ class ScanArgs(ctypes.Structure):
         ("softplus", _i),
         ("out", _f), ("o_sb", _i), ("o_sl", _i),
         ("last_state", _f),
+        ("order", ctypes.POINTER(ctypes.c_int64)), ("accumulate", _i),
         ("dout", _f), ("g_sb", _i), ("g_sl", _i),
         ("du", _f), ("ddelta", _f), ("dz", _f),
         ("dA", _f), ("dD", _f), ("ddbias", _f),
@@ -53,10 +57,17 @@ class ScanArgs(ctypes.Structure):
     ]
 
 
+class ConvArgs(ctypes.Structure):
+    _fields_ = [
+        ("batch", _i), ("L", _i), ("D", _i), ("K", _i),
+        ("x", _f), ("x_sb", _i), ("x_sl", _i),
+        ("w", _f), ("bias", _f), ("order", ctypes.POINTER(ctypes.c_int64)), ("out", _f),
+    ]
+
+
 _lock = threading.Lock()
 _lib = None
 _build_error: str | None = None
-_pool: ThreadPoolExecutor | None = None
 
 
 def _cache_dir() -> Path:
@@ -88,23 +99,28 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C compiler found (set CC)")
     source = SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(source + " ".join(CFLAGS).encode() + version.encode() + _cpu_signature().encode())
+    key = hashlib.sha256(source + " ".join(CFLAGS + OPENMP).encode() + version.encode() + _cpu_signature().encode())
     target = _cache_dir() / f"selective_scan_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed:\n{proc.stderr[-2000:]}")
+            errors = []
+            for flags in (CFLAGS + OPENMP, CFLAGS):  # a compiler without OpenMP: one thread
+                proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+                if proc.returncode == 0:
+                    break
+                errors.append(proc.stderr[-2000:])
+            else:
+                raise RuntimeError(f"{cc} failed:\n" + "\n".join(errors))
             os.replace(tmp, target)  # atomic: concurrent builders each publish a whole file
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
-    for fn in (lib.ss_forward, lib.ss_backward):
-        fn.argtypes = [ctypes.POINTER(ScanArgs), _i, _i]
+    for fn, args in ((lib.ss_forward, ScanArgs), (lib.ss_backward, ScanArgs), (lib.conv_silu_forward, ConvArgs)):
+        fn.argtypes = [ctypes.POINTER(args), ctypes.c_int]
         fn.restype = ctypes.c_int
     return lib
 
@@ -143,24 +159,11 @@ def _lanes_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _run(fn, args: ScanArgs, items: int, per_thread=None):
-    """Split [0, items) into one contiguous range per thread; ctypes releases the GIL."""
-    global _pool
+def _run(fn, args, items: int) -> int:
     threads = max(1, min(torch.get_num_threads(), items))
-    bounds = [items * i // threads for i in range(threads + 1)]
-    if per_thread is None:
-        arg_list = [args] * threads
-    else:
-        arg_list = [per_thread(args, i) for i in range(threads)]
-    calls = [(arg_list[i], bounds[i], bounds[i + 1]) for i in range(threads)]
-    if threads == 1:
-        codes = [fn(ctypes.byref(a), lo, hi) for a, lo, hi in calls]
-    else:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scan")
-        codes = list(_pool.map(lambda c: fn(ctypes.byref(c[0]), c[1], c[2]), calls))
-    if any(codes):
-        raise ValueError(f"d_state above {MAX_STATE} is not supported by the CPU kernel")
+    if fn(ctypes.byref(args), threads) != 0:
+        raise ValueError(f"d_state above {MAX_STATE} (or a conv kernel above 16) is not supported by the CPU kernel")
+    return threads
 
 
 def _common_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> tuple[ScanArgs, list]:
@@ -191,19 +194,51 @@ def _common_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> tuple[S
     return a, keep
 
 
-def forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
-    """out (batch, D, L) in u's dtype, laid out channel-contiguous; plus the last state."""
+def forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+            order: torch.Tensor | None = None, out: torch.Tensor | None = None):
+    """out (batch, D, L) in u's dtype, laid out channel-contiguous; plus the last state.
+
+    Inference-only extensions for the fused mixer: `order` (L,) int64 visits the tokens in that
+    order (the state follows it, outputs land at the tokens' own positions); `out`, a
+    (batch, L, D) contiguous float32 buffer, receives the result added to what it holds."""
     lib = library()
     batch, dim, length = u.shape
     args, keep = _common_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    out = torch.empty(batch, length, dim, dtype=torch.float32)
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty(batch, length, dim, dtype=torch.float32)
+    elif out.shape != (batch, length, dim) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError("out must be a contiguous float32 (batch, L, D) tensor")
     last = torch.empty(batch, dim, A.shape[1], dtype=torch.float32) if return_last_state else None
     args.out, args.o_sb, args.o_sl = _ptr(out), out.stride(0), out.stride(1)
-    args.last_state = _ptr(last)
-    blocks = -(-dim // LANES)
-    _run(lib.ss_forward, args, batch * blocks)
-    out = out.transpose(1, 2).to(u.dtype)
-    return (out, last) if return_last_state else out
+    args.last_state, args.accumulate = _ptr(last), int(accumulate)
+    if order is not None:
+        order = order.to(torch.int64).contiguous()
+        keep.append(order)
+        args.order = ctypes.cast(order.data_ptr(), ctypes.POINTER(ctypes.c_int64))
+    _run(lib.ss_forward, args, batch * -(-dim // LANES))
+    result = out.transpose(1, 2).to(u.dtype)
+    return (result, last) if return_last_state else result
+
+
+def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, order: torch.Tensor | None = None):
+    """silu(causal depthwise conv1d) of x (batch, L, D) (channel stride 1) along `order`;
+    weight (D, 1, K) as nn.Conv1d stores it. Returns (batch, L, D) contiguous float32."""
+    lib = library()
+    batch, length, dim = x.shape
+    x = x.float()
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    wt = weight.float().reshape(dim, -1).t().contiguous()
+    b = bias.float().contiguous() if bias is not None else None
+    out = torch.empty(batch, length, dim)
+    args = ConvArgs(batch=batch, L=length, D=dim, K=wt.shape[0], x=_ptr(x), x_sb=x.stride(0), x_sl=x.stride(1),
+                    w=_ptr(wt), bias=_ptr(b), out=_ptr(out))
+    if order is not None:
+        order = order.to(torch.int64).contiguous()
+        args.order = ctypes.cast(order.data_ptr(), ctypes.POINTER(ctypes.c_int64))
+    _run(lib.conv_silu_forward, args, batch * -(-dim // LANES))
+    return out
 
 
 def backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -228,13 +263,8 @@ def backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     threads = max(1, min(torch.get_num_threads(), blocks))
     dBC = torch.zeros(2, threads, batch, length, nstate)
     scratch = torch.empty(threads, length * (nstate + 2) * LANES)
-
-    def per_thread(base: ScanArgs, i: int) -> ScanArgs:
-        a = ScanArgs.from_buffer_copy(base)
-        a.dB, a.dC, a.scratch = _ptr(dBC[0, i]), _ptr(dBC[1, i]), _ptr(scratch[i])
-        return a
-
-    _run(lib.ss_backward, args, blocks, per_thread)
+    args.dB, args.dC, args.scratch = _ptr(dBC[0]), _ptr(dBC[1]), _ptr(scratch)
+    _run(lib.ss_backward, args, blocks)
     dB, dC = dBC.sum(1).transpose(2, 3)  # (batch, N, L)
 
     def like(grad, ref):

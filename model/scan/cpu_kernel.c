@@ -10,11 +10,14 @@
  * the code is one AVX-512 or two AVX2 instructions per operation, whatever the compiler's
  * auto-vectoriser would decide. The state stays in fp32. exp is a Cody-Waite range
  * reduction with a degree-6 polynomial (about 2 ulp); softplus uses
- * log1p(t) = 2 atanh(t / (2 + t)) as a short odd series. The Python wrapper threads over
- * work items; the model/scan/reference.py loop is the semantic truth this is tested against.
+ * log1p(t) = 2 atanh(t / (2 + t)) as a short odd series. OpenMP spreads the work items over
+ * threads; the model/scan/reference.py loop is the semantic truth this is tested against.
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define W 16     /* channel lanes per block: one AVX-512 vector, two AVX2 vectors */
 #define MAXN 64  /* largest d_state supported */
@@ -37,13 +40,15 @@ typedef struct {
     i64 softplus;
     float *out; i64 o_sb, o_sl;               /* forward output */
     float *last_state;                        /* (batch, D, N) or NULL */
+    const i64 *order;                         /* forward only: step i visits token order[i]; NULL: i */
+    i64 accumulate;                           /* forward only: out += result instead of out = */
     /* backward only */
     const float *dout; i64 g_sb, g_sl;
     float *du, *ddelta, *dz;                  /* (batch, L, D) contiguous; dz may be NULL */
     float *dA;                                /* (N, D) */
     float *dD, *ddbias;                       /* (D,) or NULL */
-    float *dB, *dC;                           /* per thread: (batch, L, N), summed by the caller */
-    float *scratch;                           /* per thread: L * (N + 2) * W floats */
+    float *dB, *dC;                           /* per thread: (threads, batch, L, N), summed by the caller */
+    float *scratch;                           /* per thread: (threads, L * (N + 2) * W) floats */
 } ScanArgs;
 
 static inline vf splat(float x) { return (vf){0} + x; }
@@ -121,7 +126,8 @@ static void forward_block(const ScanArgs *a, i64 b, i64 d0, int nw, vf *trace) {
     }
     const vf bias = load_or_zero(a->dbias, d0, nw), Dv = load_or_zero(a->Dv, d0, nw);
 
-    for (i64 l = 0; l < L; l++) {
+    for (i64 i = 0; i < L; i++) {
+        const i64 l = a->order && !trace ? a->order[i] : i;
         const vf u = load(a->u + b * a->u_sb + l * a->u_sl + d0, nw);
         const vf dt = step_dt(a, load(a->delta + b * a->dl_sb + l * a->dl_sl + d0, nw), bias);
         const vf du = dt * u;
@@ -143,7 +149,8 @@ static void forward_block(const ScanArgs *a, i64 b, i64 d0, int nw, vf *trace) {
             const vf z = load(a->z + b * a->z_sb + l * a->z_sl + d0, nw);
             y *= z * vsigmoid(z);
         }
-        store(a->out + b * a->o_sb + l * a->o_sl + d0, y, nw);
+        float *o = a->out + b * a->o_sb + l * a->o_sl + d0;
+        store(o, a->accumulate ? y + load(o, nw) : y, nw);
     }
     if (a->last_state && !trace) {
         for (int k = 0; k < nw; k++)
@@ -151,11 +158,13 @@ static void forward_block(const ScanArgs *a, i64 b, i64 d0, int nw, vf *trace) {
     }
 }
 
-/* Items enumerate (batch, channel block) pairs. */
-int ss_forward(const ScanArgs *a, i64 item_begin, i64 item_end) {
+/* Work items are (batch, channel block) pairs, spread over the threads of the OpenMP runtime
+ * (linked against the one torch loaded, so the two share one pool instead of fighting). */
+int ss_forward(const ScanArgs *a, int threads) {
     if (a->N > MAXN) return -1;
     const i64 blocks = (a->D + W - 1) / W;
-    for (i64 it = item_begin; it < item_end; it++) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i64 it = 0; it < a->batch * blocks; it++) {
         const i64 b = it / blocks, d0 = (it % blocks) * W;
         const int nw = (int)(a->D - d0 < W ? a->D - d0 : W);
         forward_block(a, b, d0, nw, 0);
@@ -163,14 +172,21 @@ int ss_forward(const ScanArgs *a, i64 item_begin, i64 item_end) {
     return 0;
 }
 
-/* Items enumerate channel blocks only (each owns its channels across the batch, so the
- * per-channel gradients dA, dD, ddbias have one writer); dB and dC go to this thread's
- * partial buffers. */
-int ss_backward(const ScanArgs *a, i64 item_begin, i64 item_end) {
+/* Work items are channel blocks only (each owns its channels across the batch, so the
+ * per-channel gradients dA, dD, ddbias have one writer); dB, dC and the scratch trace are per
+ * thread: (threads, batch, L, N) and (threads, L * (N + 2) * W). */
+int ss_backward(const ScanArgs *a, int threads) {
     if (a->N > MAXN) return -1;
     const i64 L = a->L, D = a->D, N = a->N;
-    vf *trace = (vf *)a->scratch;
-    for (i64 it = item_begin; it < item_end; it++) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i64 it = 0; it < (D + W - 1) / W; it++) {
+#ifdef _OPENMP
+        const i64 tid = omp_get_thread_num();
+#else
+        const i64 tid = 0;
+#endif
+        vf *trace = (vf *)(a->scratch + tid * L * (N + 2) * W);
+        float *dBt = a->dB + tid * a->batch * L * N, *dCt = a->dC + tid * a->batch * L * N;
         const i64 d0 = it * W;
         const int nw = (int)(D - d0 < W ? D - d0 : W);
         vf At[MAXN], gA[MAXN], gh[MAXN];
@@ -184,7 +200,7 @@ int ss_backward(const ScanArgs *a, i64 item_begin, i64 item_end) {
         for (i64 b = 0; b < a->batch; b++) {
             forward_block(a, b, d0, nw, trace);
             for (i64 n = 0; n < N; n++) gh[n] = splat(0.0f);
-            float *dBb = a->dB + b * L * N, *dCb = a->dC + b * L * N;
+            float *dBb = dBt + b * L * N, *dCb = dCt + b * L * N;
 
             for (i64 l = L - 1; l >= 0; l--) {
                 const vf *t = trace + l * (N + 2);
@@ -226,6 +242,40 @@ int ss_backward(const ScanArgs *a, i64 item_begin, i64 item_end) {
         for (i64 n = 0; n < N; n++) store(a->dA + n * D + d0, gA[n], nw);
         if (a->dD) store(a->dD + d0, gD, nw);
         if (a->ddbias) store(a->ddbias + d0, gbias, nw);
+    }
+    return 0;
+}
+
+/* Causal depthwise conv1d (kernel K) + SiLU along a token order, channel-contiguous layout:
+ * step i sees tokens order[i-K+1..i] (zeros before the start) and writes token order[i]. The
+ * backward direction of the mixer is this with the reversed order: no flipped copies. */
+typedef struct {
+    i64 batch, L, D, K;
+    const float *x; i64 x_sb, x_sl;
+    const float *w;      /* (K, D) contiguous: the conv weight transposed */
+    const float *bias;   /* (D,) or NULL */
+    const i64 *order;    /* NULL: 0..L-1 */
+    float *out;          /* (batch, L, D) contiguous */
+} ConvArgs;
+
+int conv_silu_forward(const ConvArgs *a, int threads) {
+    if (a->K > 16) return -1;
+    const i64 blocks = (a->D + W - 1) / W, L = a->L, K = a->K;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i64 it = 0; it < a->batch * blocks; it++) {
+        const i64 b = it / blocks, d0 = (it % blocks) * W;
+        const int nw = (int)(a->D - d0 < W ? a->D - d0 : W);
+        vf wt[16], window[16];  /* window[k]: input of step i - K + 1 + k */
+        for (i64 k = 0; k < K; k++) { wt[k] = load(a->w + k * a->D + d0, nw); window[k] = splat(0.0f); }
+        const vf bias = load_or_zero(a->bias, d0, nw);
+        for (i64 i = 0; i < L; i++) {
+            const i64 l = a->order ? a->order[i] : i;
+            for (i64 k = 0; k + 1 < K; k++) window[k] = window[k + 1];
+            window[K - 1] = load(a->x + b * a->x_sb + l * a->x_sl + d0, nw);
+            vf acc = bias;
+            for (i64 k = 0; k < K; k++) acc += wt[k] * window[k];
+            store(a->out + (b * L + l) * a->D + d0, acc * vsigmoid(acc), nw);
+        }
     }
     return 0;
 }

@@ -1,0 +1,80 @@
+"""Shared helpers for the benchmark scripts: timing, machine facts, table printing, results."""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timeit(fn, repeats: int = 10, warmup: int = 2, min_time: float = 0.0) -> dict:
+    """Run fn warmup times, then at least `repeats` times (and at least min_time seconds);
+    milliseconds: min, median, p90."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"min_ms": times[0], "median_ms": statistics.median(times),
+            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))], "runs": len(times)}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+
+
+def print_table(rows: list[dict], columns: list[str], title: str = ""):
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1000 else (f"{v:.0f}" if isinstance(v, float) else str(v))
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(RESULTS.parent.parent)}")
+    return path
+
+
+def gemm_rate(size: int = 2048, seconds: float = 1.0) -> float:
+    """Achieved fp32 GEMM rate on this machine, in multiply-adds per second (the best of a
+    large square matmul on all threads)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    stats = timeit(lambda: torch.mm(a, b, out=out), repeats=5, min_time=seconds)
+    return size ** 3 / (stats["min_ms"] / 1e3)
+
+
+def exp_rate(elements: int = 1 << 20, seconds: float = 1.0) -> float:
+    """Achieved fp32 exp rate of torch.exp on a cache-sized tensor on all threads, per second."""
+    x = -torch.rand(elements) * 8
+    out = torch.empty_like(x)
+    stats = timeit(lambda: torch.exp(x, out=out), repeats=20, min_time=seconds)
+    return elements / (stats["min_ms"] / 1e3)
