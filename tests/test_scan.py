@@ -2,6 +2,7 @@
 random inputs. Tolerance: the fp32 kernel is within 1e-4 of the float64 reference, relative to
 the largest magnitude of the compared tensor (plus 1e-6 absolute)."""
 import itertools
+import platform
 
 import pytest
 import torch
@@ -58,6 +59,11 @@ def test_forward_and_gradients_match_reference(case, use_z, use_d, softplus):
         x64["delta"] = x64["delta"].abs()
         if x64["delta_bias"] is not None:
             x64["delta_bias"] = x64["delta_bias"].abs()
+    compare_with_reference(x64, softplus)
+
+
+def compare_with_reference(x64: dict, softplus: bool):
+    """Forward and every input's gradient: fp32 kernel vs float64 reference."""
     names = [k for k, v in x64.items() if v is not None]
     ref_in = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in x64.items()}
     fast_in = {k: (v.float().requires_grad_() if v is not None else None) for k, v in x64.items()}
@@ -70,7 +76,6 @@ def test_forward_and_gradients_match_reference(case, use_z, use_d, softplus):
     out.backward(grad.float())
     for k in names:
         assert_close(fast_in[k].grad, ref_in[k].grad, f"d{k}")
-
 
 def test_last_state_and_half_precision_inputs():
     x = make_inputs(2, 24, 16, 40)
@@ -138,3 +143,13 @@ def test_dispatch_routes_to_the_chosen_backend(monkeypatch):
     # grouped B/C are not the kernel's: the dispatcher hands them to the reference
     grouped = dict(x, B=x["B"][:, None], C=x["C"][:, None])
     assert_close(selective_scan(**grouped, delta_softplus=True), ref, "grouped")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flag")
+def test_portable_exp_path(monkeypatch):
+    """Machines without AVX-512 compile the portable exp (clamped, integer exponent): build it
+    here too and check it against the reference, forward and backward."""
+    monkeypatch.setattr(cpu, "_lib", cpu._build(("-mno-avx512f",)))
+    x64 = make_inputs(2, 40, 16, 30)
+    x64["delta"] = x64["delta"] * 8  # reach very small and clamped exponents
+    compare_with_reference(x64, softplus=True)

@@ -93,13 +93,16 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL:
+def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compile (or reuse from the cache) and load the kernels; extra_flags lets the tests build
+    the portable code path too (e.g. -mno-avx512f)."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
     source = SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(source + " ".join(CFLAGS + OPENMP).encode() + version.encode() + _cpu_signature().encode())
+    cflags = CFLAGS + list(extra_flags)
+    key = hashlib.sha256(source + " ".join(cflags + OPENMP).encode() + version.encode() + _cpu_signature().encode())
     target = _cache_dir() / f"selective_scan_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def _build() -> ctypes.CDLL:
         os.close(fd)
         try:
             errors = []
-            for flags in (CFLAGS + OPENMP, CFLAGS):  # a compiler without OpenMP: one thread
+            for flags in (cflags + OPENMP, cflags):  # a compiler without OpenMP: one thread
                 proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
                 if proc.returncode == 0:
                     break

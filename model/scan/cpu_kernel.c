@@ -54,22 +54,37 @@ typedef struct {
 static inline vf splat(float x) { return (vf){0} + x; }
 static inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
-static inline vf vexp(vf x) {
-    x = select(x < -87.3f, splat(-87.3f), select(x > 88.3f, splat(88.3f), x));
-    /* round(x / ln2) with the 1.5 * 2^23 trick: the integer lands in the low mantissa bits */
-    const vf shifted = x * 1.44269504088896341f + 12582912.0f;
-    const vf k = shifted - 12582912.0f;
-    const vi ki = (vi)shifted - (vi)splat(12582912.0f);
-    const vf f = x - k * 0.693359375f + k * 2.12194440e-4f;  /* x - k ln2, in two parts */
+/* exp(f) for |f| <= ln2 / 2 (Cephes' expf polynomial), and the reduction x = k ln2 + f */
+static inline vf exp_reduced(vf f) {
     vf p = splat(1.9875691500e-4f);
     p = p * f + 1.3981999507e-3f;
     p = p * f + 8.3334519073e-3f;
     p = p * f + 4.1665795894e-2f;
     p = p * f + 1.6666665459e-1f;
     p = p * f + 5.0000001201e-1f;
-    p = p * (f * f) + f + 1.0f;
-    return p * (vf)((ki + 127) << 23);
+    return p * (f * f) + f + 1.0f;
 }
+
+static inline vf reduce_ln2(vf x, vf k) { return x - k * 0.693359375f + k * 2.12194440e-4f; }  /* ln2 in two parts */
+
+#if defined(__AVX512F__) && W == 16
+#include <immintrin.h>
+/* AVX-512: vscalefps computes p * 2^k and saturates to 0 / inf by itself, so no clamping and no
+ * integer exponent arithmetic (about half the instructions of the portable version). */
+static inline vf vexp(vf x) {
+    const __m512 k = _mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return (vf)_mm512_scalef_ps((__m512)exp_reduced(reduce_ln2(x, (vf)k)), k);
+}
+#else
+static inline vf vexp(vf x) {
+    x = select(x < -87.3f, splat(-87.3f), select(x > 88.3f, splat(88.3f), x));
+    /* round(x / ln2) with the 1.5 * 2^23 trick: the integer lands in the low mantissa bits */
+    const vf shifted = x * 1.44269504088896341f + 12582912.0f;
+    const vf k = shifted - 12582912.0f;
+    const vi ki = (vi)shifted - (vi)splat(12582912.0f);
+    return exp_reduced(reduce_ln2(x, k)) * (vf)((ki + 127) << 23);
+}
+#endif
 
 static inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
 
