@@ -83,19 +83,27 @@ class BiMambaMixer(nn.Module):
             self.register_parameter("D" + suffix, nn.Parameter(torch.ones(e)))
         self.out_proj = nn.Linear(e, c, bias=False)
 
+    def _weights(self, suffix: str):
+        """(conv1d, A, D, dt_proj bias) of one direction: "" forward, "_b" backward."""
+        a_log, skip = (self.A_log, self.D) if suffix == "" else (self.A_b_log, self.D_b)
+        return getattr(self, "conv1d" + suffix), -torch.exp(a_log.float()), skip.float(), \
+            getattr(self, "dt_proj" + suffix).bias.float()
+
+    def _ssm_inputs(self, xc: torch.Tensor, suffix: str):
+        """delta (without its bias: the scan adds it, as in mamba), B and C, each (B, L, .)."""
+        dt, b_mat, c_mat = getattr(self, "x_proj" + suffix)(xc).split([self.dt_rank, self.d_state, self.d_state], -1)
+        return F.linear(dt, getattr(self, "dt_proj" + suffix).weight), b_mat, c_mat
+
     def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
         """x, z: (B, L, E) in scan order -> pre-projection output (B, L, E) in scan order."""
-        conv, x_proj, dt_proj = (getattr(self, name + suffix) for name in ("conv1d", "x_proj", "dt_proj"))
-        a_log, skip = (self.A_log, self.D) if suffix == "" else (self.A_b_log, self.D_b)
+        conv, a, skip, dt_bias = self._weights(suffix)
         length = x.shape[1]
         xc = F.silu(F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=self.d_conv - 1,
                              groups=self.d_inner)[..., :length])  # (B, E, L), causal
         xc = xc.transpose(1, 2).contiguous()  # channel-contiguous, the scan kernel's layout
-        dt, b_mat, c_mat = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight)  # bias goes in as delta_bias, as in mamba
-        y = selective_scan(xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(a_log.float()),
-                           b_mat.transpose(1, 2), c_mat.transpose(1, 2), skip.float(), z=z.transpose(1, 2),
-                           delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        delta, b_mat, c_mat = self._ssm_inputs(xc, suffix)
+        y = selective_scan(xc.transpose(1, 2), delta.transpose(1, 2), a, b_mat.transpose(1, 2),
+                           c_mat.transpose(1, 2), skip, z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True)
         return y.transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -113,14 +121,12 @@ class BiMambaMixer(nn.Module):
         through `order`, no permuted copies), and accumulate into one gated output."""
         out = None
         for suffix, steps in (("", None), ("_b", order)):
-            conv, x_proj, dt_proj = (getattr(self, name + suffix) for name in ("conv1d", "x_proj", "dt_proj"))
-            a_log, skip = (self.A_log, self.D) if suffix == "" else (self.A_b_log, self.D_b)
+            conv, a, skip, dt_bias = self._weights(suffix)
             xc = cpu_kernels.conv_silu(x, conv.weight, conv.bias, steps)
-            dt, b_mat, c_mat = x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            delta = F.linear(dt, dt_proj.weight)
-            y = cpu_kernels.forward(xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(a_log.float()),
-                                    b_mat.transpose(1, 2), c_mat.transpose(1, 2), skip, z=z.transpose(1, 2),
-                                    delta_bias=dt_proj.bias, delta_softplus=True, order=steps, out=out)
+            delta, b_mat, c_mat = self._ssm_inputs(xc, suffix)
+            y = cpu_kernels.forward(xc.transpose(1, 2), delta.transpose(1, 2), a, b_mat.transpose(1, 2),
+                                    c_mat.transpose(1, 2), skip, z=z.transpose(1, 2), delta_bias=dt_bias,
+                                    delta_softplus=True, order=steps, out=out)
             out = y.transpose(1, 2)
         return out
 
