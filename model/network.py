@@ -97,10 +97,13 @@ class BiMambaMixer(nn.Module):
     def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
         """x, z: (B, L, E) in scan order -> pre-projection output (B, L, E) in scan order."""
         conv, a, skip, dt_bias = self._weights(suffix)
-        length = x.shape[1]
-        xc = F.silu(F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=self.d_conv - 1,
-                             groups=self.d_inner)[..., :length])  # (B, E, L), causal
-        xc = xc.transpose(1, 2).contiguous()  # channel-contiguous, the scan kernel's layout
+        if pick_backend(x) == "cpu":  # torch's depthwise conv1d backward is slow on the CPU
+            xc = cpu_kernels.causal_conv_silu(x, conv.weight, conv.bias)
+        else:
+            length = x.shape[1]
+            xc = F.silu(F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=self.d_conv - 1,
+                                 groups=self.d_inner)[..., :length])  # (B, E, L), causal
+            xc = xc.transpose(1, 2).contiguous()  # channel-contiguous, the scan kernel's layout
         delta, b_mat, c_mat = self._ssm_inputs(xc, suffix)
         y = selective_scan(xc.transpose(1, 2), delta.transpose(1, 2), a, b_mat.transpose(1, 2),
                            c_mat.transpose(1, 2), skip, z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True)

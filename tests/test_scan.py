@@ -153,3 +153,20 @@ def test_portable_exp_path(monkeypatch):
     x64 = make_inputs(2, 40, 16, 30)
     x64["delta"] = x64["delta"] * 8  # reach very small and clamped exponents
     compare_with_reference(x64, softplus=True)
+
+
+def test_causal_conv_silu_gradients():
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    x = torch.randn(3, 30, 21, generator=g, dtype=torch.float64)
+    conv = torch.nn.Conv1d(21, 21, 4, groups=21, padding=3).double()
+    ref_in = [x.clone().requires_grad_(), conv.weight.detach().clone().requires_grad_(),
+              conv.bias.detach().clone().requires_grad_()]
+    fast_in = [t.detach().float().requires_grad_() for t in ref_in]
+    ref = F.silu(F.conv1d(ref_in[0].transpose(1, 2), ref_in[1], ref_in[2], padding=3, groups=21)[..., :30]).transpose(1, 2)
+    out = cpu.causal_conv_silu(*fast_in)
+    assert_close(out, ref, "conv forward")
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad.float())
+    for name, a, b in zip(("dx", "dw", "db"), fast_in, ref_in):
+        assert_close(a.grad, b.grad, name)

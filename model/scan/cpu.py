@@ -62,6 +62,7 @@ class ConvArgs(ctypes.Structure):
         ("batch", _i), ("L", _i), ("D", _i), ("K", _i),
         ("x", _f), ("x_sb", _i), ("x_sl", _i),
         ("w", _f), ("bias", _f), ("order", ctypes.POINTER(ctypes.c_int64)), ("out", _f),
+        ("dout", _f), ("dx", _f), ("dw", _f), ("db", _f),
     ]
 
 
@@ -122,7 +123,8 @@ def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
-    for fn, args in ((lib.ss_forward, ScanArgs), (lib.ss_backward, ScanArgs), (lib.conv_silu_forward, ConvArgs)):
+    for fn, args in ((lib.ss_forward, ScanArgs), (lib.ss_backward, ScanArgs), (lib.conv_silu_forward, ConvArgs),
+                     (lib.conv_silu_backward, ConvArgs)):
         fn.argtypes = [ctypes.POINTER(args), ctypes.c_int]
         fn.restype = ctypes.c_int
     return lib
@@ -224,24 +226,57 @@ def forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=F
     return (result, last) if return_last_state else result
 
 
-def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, order: torch.Tensor | None = None):
-    """silu(causal depthwise conv1d) of x (batch, L, D) (channel stride 1) along `order`;
-    weight (D, 1, K) as nn.Conv1d stores it. Returns (batch, L, D) contiguous float32."""
-    lib = library()
+def _conv_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     batch, length, dim = x.shape
     x = x.float()
     if x.stride(2) != 1:
         x = x.contiguous()
     wt = weight.float().reshape(dim, -1).t().contiguous()
     b = bias.float().contiguous() if bias is not None else None
-    out = torch.empty(batch, length, dim)
     args = ConvArgs(batch=batch, L=length, D=dim, K=wt.shape[0], x=_ptr(x), x_sb=x.stride(0), x_sl=x.stride(1),
-                    w=_ptr(wt), bias=_ptr(b), out=_ptr(out))
+                    w=_ptr(wt), bias=_ptr(b))
+    return args, [x, wt, b]
+
+
+def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, order: torch.Tensor | None = None):
+    """silu(causal depthwise conv1d) of x (batch, L, D) along `order` (no autograd; see
+    causal_conv_silu); weight (D, 1, K) as nn.Conv1d stores it. Returns (batch, L, D) float32."""
+    lib = library()
+    args, keep = _conv_args(x, weight, bias)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    args.out = _ptr(out)
     if order is not None:
         order = order.to(torch.int64).contiguous()
+        keep.append(order)
         args.order = ctypes.cast(order.data_ptr(), ctypes.POINTER(ctypes.c_int64))
-    _run(lib.conv_silu_forward, args, batch * -(-dim // LANES))
+    _run(lib.conv_silu_forward, args, x.shape[0] * -(-x.shape[2] // LANES))
     return out
+
+
+class _CausalConvSilu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return conv_silu(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        args, keep = _conv_args(x, weight, bias)
+        g = dout.float().contiguous()
+        dx = torch.zeros(x.shape, dtype=torch.float32)
+        dwt = torch.empty(args.K, x.shape[2])
+        db = torch.empty(x.shape[2]) if bias is not None else None
+        args.dout, args.dx, args.dw, args.db = _ptr(g), _ptr(dx), _ptr(dwt), _ptr(db)
+        _run(library().conv_silu_backward, args, -(-x.shape[2] // LANES))
+        dw = dwt.t().reshape(weight.shape).to(weight.dtype)
+        return dx.to(x.dtype), dw, (db.to(bias.dtype) if db is not None else None)
+
+
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Differentiable silu(causal depthwise conv1d) for x (batch, L, D): what mamba computes
+    with causal_conv1d_fn(..., activation="silu"), in the model's channel-last layout."""
+    return _CausalConvSilu.apply(x, weight, bias)
 
 
 def backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

@@ -269,8 +269,13 @@ typedef struct {
     const float *x; i64 x_sb, x_sl;
     const float *w;      /* (K, D) contiguous: the conv weight transposed */
     const float *bias;   /* (D,) or NULL */
-    const i64 *order;    /* NULL: 0..L-1 */
+    const i64 *order;    /* NULL: 0..L-1 (forward only) */
     float *out;          /* (batch, L, D) contiguous */
+    /* backward only (natural order): gradients of the output, the input, the weight and bias */
+    const float *dout;   /* (batch, L, D) contiguous */
+    float *dx;           /* (batch, L, D) contiguous, zeroed by the caller */
+    float *dw;           /* (K, D) */
+    float *db;           /* (D,) or NULL */
 } ConvArgs;
 
 int conv_silu_forward(const ConvArgs *a, int threads) {
@@ -291,6 +296,44 @@ int conv_silu_forward(const ConvArgs *a, int threads) {
             for (i64 k = 0; k < K; k++) acc += wt[k] * window[k];
             store(a->out + (b * L + l) * a->D + d0, acc * vsigmoid(acc), nw);
         }
+    }
+    return 0;
+}
+
+/* Items are channel blocks (each owns its channels' dw and db across the batch). The
+ * pre-activation is recomputed rather than stored. */
+int conv_silu_backward(const ConvArgs *a, int threads) {
+    if (a->K > 16) return -1;
+    const i64 L = a->L, K = a->K, D = a->D;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i64 it = 0; it < (D + W - 1) / W; it++) {
+        const i64 d0 = it * W;
+        const int nw = (int)(D - d0 < W ? D - d0 : W);
+        vf wt[16], gw[16], window[16];
+        for (i64 k = 0; k < K; k++) { wt[k] = load(a->w + k * D + d0, nw); gw[k] = splat(0.0f); }
+        const vf bias = load_or_zero(a->bias, d0, nw);
+        vf gb = splat(0.0f);
+        for (i64 b = 0; b < a->batch; b++) {
+            for (i64 k = 0; k < K; k++) window[k] = splat(0.0f);
+            float *dxb = a->dx + b * L * D + d0;
+            for (i64 l = 0; l < L; l++) {
+                for (i64 k = 0; k + 1 < K; k++) window[k] = window[k + 1];
+                window[K - 1] = load(a->x + b * a->x_sb + l * a->x_sl + d0, nw);
+                vf pre = bias;
+                for (i64 k = 0; k < K; k++) pre += wt[k] * window[k];
+                const vf s = vsigmoid(pre);
+                const vf g = load(a->dout + (b * L + l) * D + d0, nw) * s * (1.0f + pre * (1.0f - s));
+                gb += g;
+                for (i64 k = 0; k < K; k++) {
+                    const i64 src = l - (K - 1) + k;  /* the input this tap read */
+                    if (src < 0) continue;
+                    gw[k] += g * window[k];
+                    store(dxb + src * D, load(dxb + src * D, nw) + wt[k] * g, nw);
+                }
+            }
+        }
+        for (i64 k = 0; k < K; k++) store(a->dw + k * D + d0, gw[k], nw);
+        if (a->db) store(a->db + d0, gb, nw);
     }
     return 0;
 }
