@@ -1,0 +1,130 @@
+"""The StretchySnake paper's Table 1 on our data: StretchySnake (static tokens) vs vanilla top-1
+over frames x pixels on the synthetic test split, printed and plotted.
+
+    python benchmarks/table1.py                 # the bundled checkpoints, data/synthetic (made if missing)
+    python benchmarks/table1.py --quick         # a 2 x 2 grid on 60 test clips
+
+StretchySnake runs each frame size with the static-tokens patch (the native token grid, what it
+was trained for); vanilla with its one native patch (what a fixed-patch model does), and also
+with the static-tokens patch, so neither rule is left out. Writes
+benchmarks/results/table1.{json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import RESULTS, print_table, save  # noqa: E402
+from model import load_checkpoint  # noqa: E402
+from model.flex import static_tokens_patch  # noqa: E402
+from training.data import ClipDataset, load_samples  # noqa: E402
+
+DEFAULT_DATA = ROOT / "data" / "synthetic"
+SYNTHETIC_COMMAND = ["-m", "video.synthetic", "--out", str(DEFAULT_DATA), "--clips", "2000", "--seed", "0"]
+
+
+def ensure_data(manifest: Path) -> Path:
+    if manifest.exists():
+        return manifest
+    if manifest.parent != DEFAULT_DATA:
+        sys.exit(f"{manifest} not found")
+    print(f"generating the synthetic benchmark: python {' '.join(SYNTHETIC_COMMAND)}", file=sys.stderr)
+    subprocess.run([sys.executable, *SYNTHETIC_COMMAND], cwd=ROOT, check=True)
+    return manifest
+
+
+@torch.inference_mode()
+def evaluate_grid(models: dict, samples, classes, frames_list, pixels_list, batch_size=16):
+    """top-1 of every (model, patch rule) at every (frames, pixels); each clip decoded once per
+    configuration and shared by all models."""
+    rows = []
+    for frames in frames_list:
+        for pixels in pixels_list:
+            keys = [(i, frames, pixels) for i in range(len(samples))]
+            loader = DataLoader(ClipDataset(samples, classes), batch_sampler=[keys[i:i + batch_size]
+                                for i in range(0, len(keys), batch_size)], num_workers=1)
+            patches = {name: net.config.patch_size if rule == "native"
+                       else static_tokens_patch(pixels, net.config.grid_size) for name, (net, rule) in models.items()}
+            correct = {name: 0 for name in models}
+            for clips, labels in loader:
+                for name, (net, _) in models.items():
+                    correct[name] += (net(clips, patch=patches[name]).argmax(-1) == labels).sum().item()
+            rows.extend({"model": name, "frames": frames, "pixels": pixels, "patch": patches[name],
+                         "top1": 100 * correct[name] / len(samples)} for name in models)
+            print(f"  {frames} frames x {pixels} px: " + ", ".join(
+                f"{r['model']} {r['top1']:.1f}" for r in rows[-len(models):]), file=sys.stderr)
+    return rows
+
+
+def plot(rows, frames_list, pixels_list, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(frames_list), figsize=(3.6 * len(frames_list), 3.4), sharey=True, squeeze=False)
+    for ax, frames in zip(axes[0], frames_list):
+        for name in names:
+            pts = sorted((r["pixels"], r["top1"]) for r in rows if r["model"] == name and r["frames"] == frames)
+            ax.plot([p for p, _ in pts], [a for _, a in pts], marker="o", label=name)
+        ax.set_title(f"{frames} frames")
+        ax.set_xlabel("pixels")
+        ax.set_xticks(pixels_list)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("StretchySnake vs vanilla on the synthetic test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA / "manifest.csv")
+    ap.add_argument("--stretchysnake", type=Path, default=ROOT / "checkpoints" / "stretchysnake_nano")
+    ap.add_argument("--vanilla", type=Path, default=ROOT / "checkpoints" / "vanilla_nano")
+    ap.add_argument("--frames", default="4,8,16,32")
+    ap.add_argument("--pixels", default="56,84,112,168,224")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    frames_list = [int(v) for v in args.frames.split(",")]
+    pixels_list = [int(v) for v in args.pixels.split(",")]
+    samples, classes = load_samples(ensure_data(args.data), "test")
+    if args.quick:
+        frames_list, pixels_list, samples = frames_list[:2], pixels_list[:3:2], samples[::5]
+    snake, vanilla = load_checkpoint(args.stretchysnake), load_checkpoint(args.vanilla)
+    models = {"StretchySnake": (snake, "static_tokens"), "vanilla": (vanilla, "native"),
+              "vanilla (static-tokens patch)": (vanilla, "static_tokens")}
+    rows = evaluate_grid(models, samples, classes, frames_list, pixels_list)
+
+    table = []
+    for name in models:
+        row = {"model": name}
+        for r in rows:
+            if r["model"] == name:
+                row[f"{r['frames']}f {r['pixels']}px"] = r["top1"]
+        table.append(row)
+    print_table(table, list(table[0]), f"top-1 (%) on {len(samples)} test clips; columns frames x pixels")
+    snake_scores = [r["top1"] for r in rows if r["model"] == "StretchySnake"]
+    vanilla_scores = [r["top1"] for r in rows if r["model"] == "vanilla"]
+    summary = {"stretchysnake_best": max(snake_scores), "stretchysnake_worst": min(snake_scores),
+               "stretchysnake_spread": max(snake_scores) - min(snake_scores),
+               "vanilla_best": max(vanilla_scores), "vanilla_worst": min(vanilla_scores),
+               "vanilla_largest_drop": max(vanilla_scores) - min(vanilla_scores)}
+    print_table([{"measure": k, "top1": v} for k, v in summary.items()], ["measure", "top1"])
+    name = "table1_quick" if args.quick else "table1"
+    save(f"{name}.json", {"frames": frames_list, "pixels": pixels_list, "test_clips": len(samples),
+                          "rows": rows, "summary": summary})
+    plot(rows, frames_list, pixels_list, RESULTS / f"{name}.png")
+
+
+if __name__ == "__main__":
+    main()

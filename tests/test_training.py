@@ -1,0 +1,139 @@
+"""Training and evaluation end to end on tiny real videos: dataset layouts, a step of every flex
+variant, resume, a 2-process DDP run (gloo), and the evaluate CLI."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from training import train as train_mod
+from training.data import load_samples
+from training.variants import VARIANTS, ConfigSampler
+from model import VideoMambaConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--set", "embed_dim=32", "--set", "depth=2", "--set", "img_size=32", "--set", "num_frames=4"]
+
+
+def write_clip(path: Path, direction: int, seed: int, frames=16, size=(40, 48)):
+    """A bright square moving left (direction -1) or right (+1) over noise: H.264 mp4."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            img = (rng.random((h, w, 3)) * 60).astype(np.uint8)
+            x = int((t / (frames - 1)) * (w - 10)) if direction > 0 else int((1 - t / (frames - 1)) * (w - 10))
+            img[h // 2 - 5:h // 2 + 5, x:x + 10] = 250
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """The same 12 clips in all three layouts: manifest (with splits), class folders, path,label CSV."""
+    root = tmp_path_factory.mktemp("clips")
+    rows = []
+    for label, direction in (("left", -1), ("right", 1)):
+        (root / "tree" / label).mkdir(parents=True)
+        for i in range(6):
+            path = root / "tree" / label / f"{label}_{i}.mp4"
+            write_clip(path, direction, seed=i * 2 + (direction > 0))
+            rows.append((f"tree/{label}/{path.name}", label, "train" if i < 4 else ("val" if i == 4 else "test")))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    with open(root / "plain.csv", "w", newline="") as f:
+        csv.writer(f).writerows([(p, label) for p, label, _ in rows])
+    return root
+
+
+def test_dataset_layouts(dataset):
+    manifest, classes = load_samples(dataset / "manifest.csv")
+    tree, tree_classes = load_samples(dataset / "tree")
+    plain, plain_classes = load_samples(dataset / "plain.csv")
+    assert classes == tree_classes == plain_classes == ["left", "right"]
+    assert sorted((s.path, s.label) for s in manifest) == sorted((s.path, s.label) for s in tree) \
+        == sorted((s.path, s.label) for s in plain)
+    assert len(load_samples(dataset / "manifest.csv", "train")[0]) == 8
+    with pytest.raises(ValueError, match="no split column"):
+        load_samples(dataset / "plain.csv", "train")
+    with pytest.raises(FileNotFoundError):
+        load_samples(dataset / "missing.csv")
+
+
+def test_variant_configurations():
+    cfg = VideoMambaConfig(embed_dim=32, depth=2, img_size=112, num_frames=8)
+    for variant in VARIANTS:
+        sampler = ConfigSampler(variant, cfg, seed=1)
+        configs = {sampler.sample() for _ in range(200)}
+        if variant == "none":
+            assert configs == {sampler.native()}
+        if variant == "temporal":
+            assert {c.pixels for c in configs} == {112} and {c.frames for c in configs} == {4, 8, 16, 32}
+        if variant == "static_tokens":  # the token grid stays (about) the native 7x7
+            assert all(7 <= c.pixels // c.patch <= 8 for c in configs) and len({c.pixels for c in configs}) == 4
+        if variant == "static_patch":
+            assert {c.patch for c in configs} == {16}
+        if variant == "flexivit":
+            assert {c.pixels for c in configs} == {120} and all(120 % c.patch == 0 for c in configs)
+        if variant == "flex_all":
+            assert all(c.pixels % c.patch == 0 for c in configs) and len({c.patch for c in configs}) > 2
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_training_step_of_every_variant(dataset, tmp_path, variant):
+    history = train_mod.main(["--flex", variant, "--data", str(dataset / "manifest.csv"), "--out", str(tmp_path),
+                              "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "1", "--workers", "0",
+                              "--sizes", "24,32,48", "--frames", "2,4", *TINY])
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and "val_top1_native" in history[0]
+    assert {p.name for p in tmp_path.iterdir()} >= {"model.safetensors", "config.json", "labels.json", "train_state.pt"}
+
+
+def test_resume_continues(dataset, tmp_path):
+    common = ["--flex", "static_tokens", "--data", str(dataset / "manifest.csv"), "--out", str(tmp_path),
+              "--batch-size", "4", "--workers", "0", "--sizes", "24,32", "--frames", "2,4", *TINY]
+    first = train_mod.main(common + ["--epochs", "1"])
+    resumed = train_mod.main(common + ["--epochs", "2", "--resume"])
+    assert len(first) == 1 and len(resumed) == 2 and resumed[0] == first[0]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert len(config["extra"]["history"]) == 2
+
+
+def test_ddp_two_processes_gloo(dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.train", "--flex", "static_tokens", "--data", str(dataset / "manifest.csv"),
+           "--out", str(tmp_path), "--epochs", "1", "--batch-size", "2", "--workers", "0",
+           "--sizes", "24,32", "--frames", "2,4", "--device", "cpu", *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    history = json.loads((tmp_path / "config.json").read_text())["extra"]["history"]
+    assert len(history) == 1
+
+
+def test_evaluate_cli(dataset, tmp_path):
+    train_mod.main(["--flex", "none", "--data", str(dataset / "manifest.csv"), "--out", str(tmp_path),
+                    "--epochs", "1", "--batch-size", "4", "--workers", "0", *TINY])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "training.evaluate", "--checkpoint", str(tmp_path), "--data",
+         str(dataset / "manifest.csv"), *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    single = run("--frames", "4", "--pixels", "48", "--patch", "12")
+    assert single.returncode == 0, single.stderr
+    result = json.loads(single.stdout)
+    assert result["frames"] == 4 and result["pixels"] == 48 and result["patch"] == 12 and 0 <= result["top1"] <= 1
+    grid = json.loads(run("--grid-frames", "2,4", "--grid-pixels", "32,64").stdout)
+    assert [(r["frames"], r["pixels"], r["patch"]) for r in grid["results"]] == [(2, 32, 16), (2, 64, 32), (4, 32, 16), (4, 64, 32)]
+    retrieval = json.loads(run("--retrieval").stdout)
+    assert 0 <= retrieval["retrieval_top1"] <= 1
+    assert torch.load(tmp_path / "train_state.pt", weights_only=True)["epoch"] == 0

@@ -1,0 +1,113 @@
+"""Datasets: the three on-disk layouts we read, and the clip dataset the training loop batches.
+
+Layouts (load_samples picks by what the path is):
+  - a manifest CSV with a header `path,label,split` (what `python -m video.synthetic` writes);
+  - a folder per class, `ROOT/<class>/<video>` (the UCF101 / HMDB51 layout);
+  - a CSV of `path,label` (header optional).
+Paths are resolved relative to the CSV's folder (or ROOT).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from video import Limits, load_clip
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: str
+    split: str | None = None
+
+
+def load_samples(source, split: str | None = None) -> tuple[list[Sample], list[str]]:
+    """(samples, class names) from a manifest, a folder tree or a path,label CSV. With `split`,
+    only that split of a manifest (asking for a split of a layout without splits is an error)."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"dataset not found: {source}")
+    samples = read_folder_tree(source) if source.is_dir() else read_csv(source)
+    classes = _class_names(source, samples)
+    if split is not None:
+        if any(s.split is None for s in samples):
+            raise ValueError(f"{source} has no split column; cannot select split {split!r}")
+        samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise ValueError(f"{source} has no samples in split {split!r}")
+    return samples, classes
+
+
+def read_csv(path: Path) -> list[Sample]:
+    """A manifest (`path,label,split` header) or a `path,label` CSV, header optional."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    header = [cell.strip().lower() for cell in rows[0]]
+    has_header = "path" in header and "label" in header
+    if has_header:
+        cols = {name: header.index(name) for name in ("path", "label", "split") if name in header}
+        rows = rows[1:]
+    else:
+        cols = {"path": 0, "label": 1}
+    samples = []
+    for line, row in enumerate(rows, start=2 if has_header else 1):
+        try:
+            rel, label = row[cols["path"]].strip(), row[cols["label"]].strip()
+            split = row[cols["split"]].strip() if "split" in cols else None
+        except IndexError:
+            raise ValueError(f"{path}, line {line}: expected columns {list(cols)}, got {row}") from None
+        samples.append(Sample(str((path.parent / rel).resolve()), label, split))
+    return samples
+
+
+def read_folder_tree(root: Path) -> list[Sample]:
+    samples = [Sample(str(f.resolve()), class_dir.name)
+               for class_dir in sorted(p for p in root.iterdir() if p.is_dir())
+               for f in sorted(class_dir.rglob("*")) if f.suffix.lower() in VIDEO_SUFFIXES]
+    if not samples:
+        raise ValueError(f"{root} holds no videos in class folders ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    return samples
+
+
+def _class_names(source: Path, samples: list[Sample]) -> list[str]:
+    """classes.json beside a manifest fixes the order; otherwise sorted label names."""
+    listed = (source if source.is_dir() else source.parent) / "classes.json"
+    if listed.is_file():
+        classes = json.loads(listed.read_text())
+        unknown = sorted({s.label for s in samples} - set(classes))
+        if unknown:
+            raise ValueError(f"labels not in {listed}: {unknown[:10]}")
+        return classes
+    return sorted({s.label for s in samples})
+
+
+class ClipDataset(Dataset):
+    """Indexed by (sample index, frames, pixels): the batch sampler decides the configuration of
+    each batch, so flexible training batches clips of one shape. Train mode samples a random
+    point in each temporal segment (seeded by seed, epoch and index); test mode the middles."""
+
+    def __init__(self, samples: list[Sample], classes: list[str], mode: str = "test", seed: int = 0):
+        self.samples, self.classes, self.mode, self.seed = samples, classes, mode, seed
+        self.class_index = {name: i for i, name in enumerate(classes)}
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, frames, pixels = key
+        sample = self.samples[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.mode == "train" else None
+        # our own dataset on a busy machine: no decode-time limit (the server keeps its limits)
+        clip = load_clip(sample.path, frames, pixels, mode=self.mode, rng=rng, limits=Limits.unlimited())
+        return clip, torch.tensor(self.class_index[sample.label])

@@ -1,0 +1,124 @@
+"""Evaluate a checkpoint: top-1 at one configuration or over a grid, and the paper's retrieval
+protocol (cls features; each test clip takes the label of its nearest training clip).
+
+    python -m training.evaluate --checkpoint CKPT --data MANIFEST                 # native config
+    python -m training.evaluate --checkpoint CKPT --data MANIFEST --frames 16 --pixels 56 --patch 8
+    python -m training.evaluate --checkpoint CKPT --data MANIFEST --grid-frames 4,8,16 --grid-pixels 56,112,224
+    python -m training.evaluate --checkpoint CKPT --data MANIFEST --retrieval
+
+Prints one JSON object (a grid prints one object with a "results" list).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from model import load_checkpoint
+from model.flex import static_tokens_patch
+
+from .data import ClipDataset, load_samples
+
+
+def _loader(samples, classes, frames, pixels, batch_size, workers):
+    dataset = ClipDataset(samples, classes, mode="test")
+    keys = [(i, frames, pixels) for i in range(len(samples))]
+    batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+
+
+@torch.inference_mode()
+def features_and_labels(net, samples, classes, frames, pixels, patch, batch_size=16, workers=0, logits=True):
+    """Run the network over samples at one configuration: (outputs, labels)."""
+    net.eval()
+    device = next(net.parameters()).device
+    outputs, labels = [], []
+    for clips, y in _loader(samples, classes, frames, pixels, batch_size, workers):
+        clips = clips.to(device)
+        outputs.append((net(clips, patch=patch) if logits else net.features(clips, patch=patch)).float().cpu())
+        labels.append(y)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def top1(net, samples, classes, frames, pixels, patch, batch_size=16, workers=0) -> float:
+    logits, labels = features_and_labels(net, samples, classes, frames, pixels, patch, batch_size, workers)
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def retrieval_top1(net, train, test, classes, frames, pixels, patch, batch_size=16, workers=0) -> float:
+    """Nearest neighbour by cosine similarity of cls features, test -> train."""
+    f_train, y_train = features_and_labels(net, train, classes, frames, pixels, patch, batch_size, workers, logits=False)
+    f_test, y_test = features_and_labels(net, test, classes, frames, pixels, patch, batch_size, workers, logits=False)
+    sim = F.normalize(f_test, dim=-1) @ F.normalize(f_train, dim=-1).T
+    return (y_train[sim.argmax(-1)] == y_test).float().mean().item()
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", required=True, help="manifest.csv, path,label CSV or class-folder tree")
+    ap.add_argument("--split", default="test", help="split of a manifest to evaluate (ignored without splits)")
+    ap.add_argument("--frames", type=int)
+    ap.add_argument("--pixels", type=int)
+    ap.add_argument("--patch", type=int, help="default: the native patch at native pixels, else static tokens")
+    ap.add_argument("--grid-frames", type=_ints)
+    ap.add_argument("--grid-pixels", type=_ints)
+    ap.add_argument("--patch-rule", choices=("static_tokens", "native"), default="static_tokens",
+                    help="grid patch: keep the native token grid, or always the native patch")
+    ap.add_argument("--retrieval", action="store_true", help="nearest-neighbour retrieval test -> train")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    net = load_checkpoint(args.checkpoint)
+    cfg = net.config
+    try:
+        test, classes = load_samples(args.data, args.split)
+    except ValueError:
+        test, classes = load_samples(args.data)  # no split column: evaluate everything
+    if net.labels is not None and list(net.labels) != list(classes):
+        sys.exit(f"the checkpoint's labels do not match the dataset's classes ({len(net.labels)} vs {len(classes)})")
+
+    def patch_for(pixels: int, given: int | None) -> int:
+        if given is not None:
+            return given
+        if pixels == cfg.img_size or args.patch_rule == "native":
+            return cfg.patch_size
+        return static_tokens_patch(pixels, cfg.grid_size)
+
+    def measure(frames, pixels, patch) -> dict:
+        t0 = time.perf_counter()
+        if args.retrieval:
+            train, _ = load_samples(args.data, "train")
+            score = {"retrieval_top1": retrieval_top1(net, train, test, classes, frames, pixels, patch,
+                                                      args.batch_size, args.workers)}
+        else:
+            score = {"top1": top1(net, test, classes, frames, pixels, patch, args.batch_size, args.workers)}
+        return {"frames": frames, "pixels": pixels, "patch": patch, **score, "clips": len(test),
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    if args.grid_frames or args.grid_pixels:
+        results = [measure(f, p, patch_for(p, args.patch)) for f in (args.grid_frames or [cfg.num_frames])
+                   for p in (args.grid_pixels or [cfg.img_size])]
+        print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "results": results}))
+    else:
+        frames = args.frames or cfg.num_frames
+        pixels = args.pixels or cfg.img_size
+        print(json.dumps(measure(frames, pixels, patch_for(pixels, args.patch))))
+
+
+if __name__ == "__main__":
+    main()

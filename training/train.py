@@ -1,0 +1,267 @@
+"""Train a (flexible) VideoMamba on a video dataset.
+
+    python -m training.train --flex static_tokens --data DIR/manifest.csv --preset nano --out CKPT
+    python -m training.train ... --resume            # continue from CKPT's last epoch
+    torchrun --nproc_per_node 2 -m training.train ...  # data-parallel (gloo on CPU, nccl on GPU)
+
+--flex: none (vanilla, native configuration only) | temporal | static_patch | static_tokens
+(StretchySnake) | flexivit | flex_all, the paper's variants (training/variants.py). AdamW with
+linear warm-up and cosine decay, label smoothing, bf16 autocast where the device has it; the
+checkpoint directory is rewritten after every epoch (model.safetensors + config.json +
+labels.json, and train_state.pt for --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from model import build_model, load_checkpoint, save_checkpoint
+
+from .data import ClipDataset, load_samples
+from .evaluate import top1
+from .variants import VARIANTS, ConfigSampler
+
+STATE_FILE = "train_state.pt"
+NO_DECAY = ("pos_embed", "cls_token", "temporal_pos_embedding", "A_log", "A_b_log", "D", "D_b")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flex", choices=VARIANTS, default="static_tokens")
+    ap.add_argument("--data", required=True, help="manifest.csv (train/val splits), path,label CSV or class folders")
+    ap.add_argument("--out", required=True, help="checkpoint directory (written every epoch)")
+    ap.add_argument("--preset", default="nano")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a model config field, e.g. --set depth=4 (repeatable)")
+    ap.add_argument("--init", help="start from this checkpoint (ours or a public VideoMamba .pth), new head")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr", type=float, default=1e-5)
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--drop-path", type=float, default=0.0)
+    ap.add_argument("--clip-grad", type=float, default=1.0)
+    ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="frame sizes (default: scaled paper set)")
+    ap.add_argument("--frames", type=lambda s: [int(v) for v in s.split(",")], help="frame counts (default: scaled paper set)")
+    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                    help="auto: bf16 autocast on a GPU that has it, off on the CPU")
+    ap.add_argument("--workers", type=int, default=1, help="decoding processes per rank")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
+    ap.add_argument("--val-split", default="val", help="manifest split evaluated after each epoch ('' for none)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """--set KEY=VALUE pairs; values read as int, then float, else string."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        for cast in (int, float, str):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+    return out
+
+
+# ----------------------------------------------------------------------------- distributed
+def setup_distributed(device: str) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def batches_for_epoch(n: int, batch_size: int, sampler: ConfigSampler, epoch: int, seed: int, rank: int, world: int):
+    """Shuffled batches of (index, frames, pixels, patch): every rank draws the same list (same
+    seed) and takes its share, so each step's ranks see disjoint clips."""
+    order = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    usable = n - n % (batch_size * world) if n >= batch_size * world else n
+    batches = []
+    for start in range(0, usable, batch_size):
+        c = sampler.sample()
+        batches.append([(i, c.frames, c.pixels, c.patch) for i in order[start:start + batch_size]])
+    return batches[rank::world]
+
+
+class _Keyed(ClipDataset):
+    """ClipDataset that also hands back the batch's patch size."""
+
+    def __getitem__(self, key):
+        index, frames, pixels, patch = key
+        clip, label = super().__getitem__((index, frames, pixels))
+        return clip, label, patch
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(net, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        (no_decay if p.dim() < 2 or leaf in NO_DECAY else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def autocast_dtype(amp: str, device: str):
+    if amp == "off" or (amp == "auto" and not device.startswith("cuda")):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class Progress:
+    """One self-overwriting line on a terminal, a line every ~10 s otherwise (logs, CI)."""
+
+    def __init__(self, total: int, prefix: str, enabled: bool):
+        self.total, self.prefix, self.enabled = total, prefix, enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, text: str, final: bool = False):
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not (self.tty or final or now - self.last > 10):
+            return
+        self.last = now
+        width = 24
+        bar = "#" * int(width * done / max(1, self.total))
+        line = f"{self.prefix} [{bar:<{width}}] {done}/{self.total} {text}"
+        print(("\r" + line) if self.tty else line, end="\n" if (final or not self.tty) else "", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world = setup_distributed(args.device)
+    device = args.device if not args.device.startswith("cuda") else f"cuda:{rank % max(1, torch.cuda.device_count())}"
+    torch.manual_seed(args.seed + rank)
+    out = Path(args.out)
+
+    samples, classes = load_samples(args.data)
+    has_splits = all(s.split is not None for s in samples)
+    train = [s for s in samples if s.split == "train"] if has_splits else samples
+    val = [s for s in samples if s.split == args.val_split] if has_splits and args.val_split else []
+
+    state = None
+    if args.resume:
+        if not (out / STATE_FILE).is_file():
+            sys.exit(f"--resume: no {STATE_FILE} in {out}")
+        net = load_checkpoint(out)
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    elif args.init:
+        net = load_checkpoint(args.init, num_classes=len(classes), drop_path_rate=args.drop_path)
+    else:
+        net = build_model(args.preset, num_classes=len(classes), drop_path_rate=args.drop_path,
+                          **parse_overrides(args.set))
+    if list(getattr(net, "labels", None) or classes) != classes:
+        sys.exit("--resume: the checkpoint's classes differ from the dataset's")
+    net.to(device).train()
+    cfg = net.config
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+
+    sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank)
+    dataset = _Keyed(train, classes, mode="train", seed=args.seed)
+    steps_per_epoch = len(batches_for_epoch(len(train), args.batch_size, ConfigSampler("none", cfg), 0, args.seed, rank, world))
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    total_steps = steps_per_epoch * args.epochs
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+
+    optimizer = torch.optim.AdamW(param_groups(net, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
+    amp_dtype = autocast_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp_dtype == torch.float16)
+    start_epoch, history = 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
+        sampler.rng.setstate(_tuple(json.loads(state["sampler_rng"])))
+    if rank == 0:
+        print(f"training {args.flex} on {len(train)} clips ({len(classes)} classes), {world} process(es) on {device}, "
+              f"{steps_per_epoch} steps/epoch x {args.epochs} epochs; frames {sampler.frames}, sizes {sampler.sizes}",
+              file=sys.stderr)
+
+    for epoch in range(start_epoch, args.epochs):
+        dataset.epoch = epoch
+        batches = batches_for_epoch(len(train), args.batch_size, sampler, epoch, args.seed, rank, world)[:steps_per_epoch]
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=args.workers)
+        progress = Progress(len(batches), f"epoch {epoch + 1}/{args.epochs}", rank == 0)
+        model.train()
+        t0, seen, running = time.perf_counter(), 0, 0.0
+        for step, (clips, labels, patch) in enumerate(loader):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(global_step, total_steps, warmup, args.lr, args.min_lr)
+            clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+            with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(model(clips, patch=int(patch[0])).float(), labels,
+                                       label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(labels) * world
+            running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
+            rate = seen / (time.perf_counter() - t0)
+            progress.update(step + 1, f"loss {running:.3f} lr {optimizer.param_groups[0]['lr']:.2e} "
+                                      f"{rate:.1f} clips/s [{clips.shape[2]}f {clips.shape[-1]}px p{int(patch[0])}]")
+        record = {"epoch": epoch + 1, "loss": running, "clips_per_s": seen / (time.perf_counter() - t0),
+                  "seconds": time.perf_counter() - t0}
+        if rank == 0:
+            if val:
+                record["val_top1_native"] = top1(net, val, classes, cfg.num_frames, cfg.img_size, cfg.patch_size,
+                                                 batch_size=args.batch_size, workers=args.workers)
+                net.train()
+            history.append(record)
+            progress.update(len(batches), json.dumps(record), final=True)
+            save_checkpoint(net, out, labels=classes, extra={"flex": args.flex, "history": history,
+                                                             "command": " ".join(sys.argv)})
+            torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": json.dumps(history),
+                        "sampler_rng": json.dumps(sampler.rng.getstate())}, out / STATE_FILE)
+        if world > 1:
+            dist.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return history
+
+
+def _tuple(value):
+    """JSON turns random.getstate()'s nested tuples into lists; setstate wants tuples back."""
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+if __name__ == "__main__":
+    main()
