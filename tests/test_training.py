@@ -137,3 +137,21 @@ def test_evaluate_cli(dataset, tmp_path):
     retrieval = json.loads(run("--retrieval").stdout)
     assert 0 <= retrieval["retrieval_top1"] <= 1
     assert torch.load(tmp_path / "train_state.pt", weights_only=True)["epoch"] == 0
+
+
+def test_frame_cache_matches_sparse_decoding(dataset):
+    samples, classes = load_samples(dataset / "manifest.csv", "test")
+    from training.data import ClipDataset
+    direct, cached = ClipDataset(samples, classes), ClipDataset(samples, classes, cache=True)
+    for key in [(0, 4, 32), (1, 16, 48), (0, 20, 40)]:  # 20 > the clip's 16 frames: repeats
+        a, b = direct[key][0], cached[key][0]
+        assert a.shape == b.shape == (3, key[1], key[2], key[2])
+        # the same frames; resizing differs (swscale area at decode vs torch antialias)
+        assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.97
+
+
+def test_cached_training_with_a_worker_over_epochs(dataset, tmp_path):
+    history = train_mod.main(["--flex", "static_tokens", "--data", str(dataset / "manifest.csv"), "--out",
+                              str(tmp_path), "--epochs", "2", "--batch-size", "4", "--workers", "1", "--cache",
+                              "--sizes", "24,32", "--frames", "2,4", *TINY])
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)

@@ -60,6 +60,7 @@ def parse_args(argv=None):
     ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                     help="auto: bf16 autocast on a GPU that has it, off on the CPU")
     ap.add_argument("--workers", type=int, default=1, help="decoding processes per rank")
+    ap.add_argument("--cache", action="store_true", help="decode each training video once and keep its frames in memory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
@@ -93,24 +94,37 @@ def setup_distributed(device: str) -> tuple[int, int]:
 
 
 def batches_for_epoch(n: int, batch_size: int, sampler: ConfigSampler, epoch: int, seed: int, rank: int, world: int):
-    """Shuffled batches of (index, frames, pixels, patch): every rank draws the same list (same
-    seed) and takes its share, so each step's ranks see disjoint clips."""
+    """Shuffled batches of (index, frames, pixels, patch, epoch): every rank draws the same list
+    (same seed) and takes its share, so each step's ranks see disjoint clips."""
     order = list(range(n))
     random.Random(seed * 1000 + epoch).shuffle(order)
     usable = n - n % (batch_size * world) if n >= batch_size * world else n
     batches = []
     for start in range(0, usable, batch_size):
         c = sampler.sample()
-        batches.append([(i, c.frames, c.pixels, c.patch) for i in order[start:start + batch_size]])
+        batches.append([(i, c.frames, c.pixels, c.patch, epoch) for i in order[start:start + batch_size]])
     return batches[rank::world]
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are swapped every epoch (so persistent workers survive)."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 class _Keyed(ClipDataset):
     """ClipDataset that also hands back the batch's patch size."""
 
     def __getitem__(self, key):
-        index, frames, pixels, patch = key
-        clip, label = super().__getitem__((index, frames, pixels))
+        index, frames, pixels, patch, epoch = key
+        clip, label = super().__getitem__((index, frames, pixels, epoch))
         return clip, label, patch
 
 
@@ -192,7 +206,7 @@ def main(argv=None):
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank)
-    dataset = _Keyed(train, classes, mode="train", seed=args.seed)
+    dataset = _Keyed(train, classes, mode="train", seed=args.seed, cache=args.cache)
     steps_per_epoch = len(batches_for_epoch(len(train), args.batch_size, ConfigSampler("none", cfg), 0, args.seed, rank, world))
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
@@ -213,9 +227,12 @@ def main(argv=None):
               file=sys.stderr)
 
     for epoch in range(start_epoch, args.epochs):
-        dataset.epoch = epoch
         batches = batches_for_epoch(len(train), args.batch_size, sampler, epoch, args.seed, rank, world)[:steps_per_epoch]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=args.workers)
+        if epoch == start_epoch or args.workers == 0 or not args.cache:
+            # with a cache, the same worker processes live on across epochs to keep it
+            loader = DataLoader(dataset, batch_sampler=_EpochBatches(dataset, batches), num_workers=args.workers,
+                                persistent_workers=args.cache and args.workers > 0)
+        loader.batch_sampler.batches = batches
         progress = Progress(len(batches), f"epoch {epoch + 1}/{args.epochs}", rank == 0)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
