@@ -11,30 +11,32 @@ stream seeded by (seed, clip index), so the number of workers never changes a by
 
 Each clip shows one *actor*: a small (9-13 px at 128 px) two-tone, rotationally asymmetric shape
 (tadpole, T, L, flag or key; colours, shape, size, start position and orientation random per
-clip and drawn from the same distributions for every class) with a thin dark outline, fully
-opaque. Around it: a low-frequency random texture with faint random shapes, panning with a random
-velocity, 2-4 *distractors* (same shapes, sizes and colours as actors, but half transparent and
-without outline) drifting and turning slowly, and mild per-pixel noise. The class is told by what
-the actor does over time only: the first frame of every class comes from the same distribution
-(the actor starts within +-14% of the frame centre whatever the class; a path that would leave
-the frame is shifted back in, which happens for a few move_* and grow sequences only).
+clip and drawn from the same distributions for every class) with a dark 1.5 px outline, fully
+opaque. Around it: a faint low-frequency random texture with faint random shapes, panning slowly
+(up to 8 px over the clip) in a random direction, 2-3 *distractors* (same shapes, sizes and
+colours as actors, but 30-45% opaque and without outline) drifting (up to 14 px) and turning
+(up to a quarter turn) slowly, and mild per-pixel noise; --clutter scales all of these. The class
+is told by what the actor does over time only: the first frame of every class comes from the
+same distribution (the actor starts within +-14% of the frame centre whatever the class; a path
+that would leave the frame is shifted back in, which happens for a few move_* and grow sequences
+only).
 All spatial constants are given at 128 px and scale with --size; all timing is in fractions of
 the clip, so --frames changes the sampling density of the same motion, not the motion.
 
 Short-form classes (fine-grained motion of the small actor):
   move_{e,ne,n,nw,w,sw,s,se}  straight constant-speed move in one of 8 compass directions
                                (+-10 deg jitter, 30-36 px over the clip, random start/stop times)
-  rotate_cw / rotate_ccw       turns in place, 1.2-2.2 turns per clip
+  rotate_cw / rotate_ccw       turns in place, 1.0-1.8 turns per clip
   oscillate_slow / _fast       back and forth along a random axis, +-9-15 px,
                                0.8-1.3 vs 2.8-3.6 cycles per clip
-  orbit_cw / orbit_ccw         circular path of radius 9-15 px, 1.0-1.8 revolutions per clip
+  orbit_cw / orbit_ccw         circular path of radius 12-16 px, 1.0-1.6 revolutions per clip
   grow / shrink                in place, size x1.6-1.9 / divided by 1.6-1.9
   zigzag                       moves 26-34 px in a random direction with a +-5-8 px
                                triangle-wave sidestep, 3-4.5 zigs per clip
   blink                        in place, disappears and reappears 2.5-4 times
   still                        does nothing (only background, distractors and noise move)
   pulse                        in place, size swells and shrinks (x1.35-1.5) 2-3 times
-  wobble                       in place, orientation swings +-35-50 deg, 1.5-2.5 times
+  wobble                       in place, orientation swings +-45-60 deg, 1.5-2.5 times
 Long-form classes (ordered sub-actions, like Breakfast/COIN): the clip is cut into 3 or 4
 contiguous segments of jittered length; in each the actor does one sub-action (move 26-34 px in a
 random direction, spin 0.55-0.8 turn, blink 2-3 times, grow x1.4-1.6), otherwise it rests.
@@ -44,10 +46,10 @@ The long-form classes contain the same sub-actions and differ only in their orde
 
 DIFFICULTY (for a model trained at 8 frames x 112 px, evaluated elsewhere; frames are sampled
 uniformly over the whole clip):
-* Frame count: rotate_cw/ccw and orbit_cw/ccw alias as frames drop: at 8 frames a step is 50-115
-  deg (clear), at 4 frames 120-265 deg (past 180 deg the turn reads backwards). oscillate_fast (2.8-3.6 cycles) is
-  near the Nyquist limit at 8 frames and aliases to a slow drift at 4 frames (confused with
-  oscillate_slow/still); zigzag's sidesteps and blink's off phases are missed or look random at 4
+* Frame count: rotate_cw/ccw and orbit_cw/ccw alias as frames drop: at 8 frames a step is 50-95
+  deg (clear), at 4 frames 120-215 deg (past 180 deg the turn reads backwards). oscillate_fast
+  (2.8-3.6 cycles) is near the Nyquist limit at 8 frames and aliases to a slow drift at 4 frames
+  (confused with oscillate_slow/still); zigzag's sidesteps and blink's off phases are missed or look random at 4
   frames (confused with move_*/still). The long-form classes need >= 2 samples per segment to
   place the move and the spin in time: 4 frames cannot, 8 frames mostly can, 16-32 frames can.
   The move_* classes and grow/shrink survive 4 frames.
@@ -143,7 +145,7 @@ def actor_track(class_name: str, rng: np.random.Generator, t: np.ndarray, k: flo
         dx, dy = r * np.cos(a), -r * np.sin(a)  # screen y points down; "n" is up
     elif name in ("rotate_cw", "rotate_ccw"):
         sign = 1.0 if name == "rotate_cw" else -1.0
-        ang = sign * 2 * np.pi * rng.uniform(1.2, 2.2) * t
+        ang = sign * 2 * np.pi * rng.uniform(1.0, 1.8) * t
     elif name in ("oscillate_slow", "oscillate_fast"):
         a = rng.uniform(0, np.pi)
         f = rng.uniform(0.8, 1.3) if name == "oscillate_slow" else rng.uniform(2.8, 3.6)
@@ -151,8 +153,8 @@ def actor_track(class_name: str, rng: np.random.Generator, t: np.ndarray, k: flo
         dx, dy = s * np.cos(a), s * np.sin(a)
     elif name in ("orbit_cw", "orbit_ccw"):
         sign = 1.0 if name == "orbit_cw" else -1.0
-        radius = rng.uniform(9, 15) * k
-        phi = rng.uniform(0, 2 * np.pi) + sign * 2 * np.pi * rng.uniform(1.0, 1.8) * t
+        radius = rng.uniform(12, 16) * k
+        phi = rng.uniform(0, 2 * np.pi) + sign * 2 * np.pi * rng.uniform(1.0, 1.6) * t
         dx, dy = radius * np.cos(phi), radius * np.sin(phi)  # y down: increasing phi is clockwise
     elif name in ("grow", "shrink"):
         sign = 1.0 if name == "grow" else -1.0
@@ -171,7 +173,7 @@ def actor_track(class_name: str, rng: np.random.Generator, t: np.ndarray, k: flo
     elif name == "pulse":
         logs = np.log(rng.uniform(1.35, 1.5)) * np.sin(2 * np.pi * rng.uniform(2.0, 3.0) * t + rng.uniform(0, 2 * np.pi))
     elif name == "wobble":
-        amp = np.deg2rad(rng.uniform(35, 50))
+        amp = np.deg2rad(rng.uniform(45, 60))
         ang = amp * np.sin(2 * np.pi * rng.uniform(1.5, 2.5) * t + rng.uniform(0, 2 * np.pi))
     elif name in SEQUENCES:
         steps = SEQUENCES[name]
@@ -273,20 +275,20 @@ def _draw_object(canvas, pad, x, y, ang, length, vis, shape, body, head, alpha, 
         region += (colour[j] - region) * a
 
 
-def _background(rng, size, frames, k):
-    """(T, size, size, 3) float32: low-frequency texture and faint shapes, panning."""
-    pan = rng.uniform(0, 24) * k
+def _background(rng, size, frames, k, clutter=1.0):
+    """(T, size, size, 3) float32: low-frequency texture and faint shapes, panning slowly."""
+    pan = rng.uniform(0, 8) * k * clutter
     pan_dir = rng.uniform(0, 2 * np.pi)
     margin = int(math.ceil(pan)) + 2
     big = size + 2 * margin
     yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) / size
-    tex = np.broadcast_to(_hsv(rng.uniform(), rng.uniform(0.1, 0.5), rng.uniform(0.35, 0.6)).astype(np.float32),
+    tex = np.broadcast_to(_hsv(rng.uniform(), rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.6)).astype(np.float32),
                           (big, big, 3)).copy()
     for _ in range(5):
         a = rng.uniform(0, 2 * np.pi)
         f = rng.uniform(0.5, 3.0) * 2 * np.pi
         wave = np.cos(f * (np.cos(a) * xx + np.sin(a) * yy) + rng.uniform(0, 2 * np.pi))
-        tex += wave[..., None] * rng.uniform(-12, 12, size=3).astype(np.float32)
+        tex += wave[..., None] * (rng.uniform(-5, 5, size=3) * clutter).astype(np.float32)
     for _ in range(int(rng.integers(15, 31))):
         cx, cy = rng.uniform(0, big, size=2)
         r = rng.uniform(3, 14) * k
@@ -296,7 +298,7 @@ def _background(rng, size, frames, k):
             d = np.hypot(px, py) - r
         else:
             d = np.maximum(np.abs(px), np.abs(py) * rng.uniform(0.5, 2)) - r
-        a = np.clip(0.5 - d, 0, 1) * rng.uniform(0.1, 0.25)
+        a = np.clip(0.5 - d, 0, 1) * min(1.0, rng.uniform(0.05, 0.15) * clutter)
         tex += (col - tex) * a[..., None]
     t = np.linspace(0.0, 1.0, frames)
     ox = margin + (t - 0.5) * pan * np.cos(pan_dir)
@@ -312,9 +314,11 @@ def _background(rng, size, frames, k):
     return out
 
 
-def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, frames: int = 64) -> np.ndarray:
+def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, frames: int = 64,
+                clutter: float = 1.0) -> np.ndarray:
     """One clip of ``class_name`` as uint8 (frames, size, size, 3) RGB; a pure function of its
-    arguments (it only draws from ``rng``)."""
+    arguments (it only draws from ``rng``). ``clutter`` scales the background contrast, pan,
+    distractor opacity and noise without changing what is drawn from ``rng``."""
     if class_name not in FAMILY:
         raise ValueError(f"unknown class {class_name!r}; known: {', '.join(CLASSES)}")
     if size < 16 or frames < 2:
@@ -323,12 +327,12 @@ def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, fram
     t = np.linspace(0.0, 1.0, frames)
     # Everything below is drawn in the same order for every class, so that the class-independent
     # parts (background, distractors, actor look) have the same distribution for every class.
-    bg = _background(rng, size, frames, k)
+    bg = _background(rng, size, frames, k, clutter)
     pad = int(math.ceil(40 * k)) + 4
     canvas = np.zeros((frames, size + 2 * pad, size + 2 * pad, 3), np.float32)
     canvas[:, pad:pad + size, pad:pad + size] = bg
     # distractors: look like actors, but translucent, no outline, slow drift and turn
-    for _ in range(int(rng.integers(2, 5))):
+    for _ in range(int(rng.integers(2, 4))):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         body, head = _two_tone(rng)
         length = np.full(frames, rng.uniform(9, 13) * k)
@@ -336,7 +340,7 @@ def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, fram
         y = rng.uniform(0, size) + (t - 0.5) * rng.uniform(-14, 14) * k
         ang = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.25, 0.25) * 2 * np.pi * t
         _draw_object(canvas, pad, x, y, ang, length, np.ones(frames), shape, body, head,
-                     rng.uniform(0.4, 0.6), 0.0, None)
+                     min(1.0, rng.uniform(0.3, 0.45) * clutter), 0.0, None)
     # the actor
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     body, head = _two_tone(rng)
@@ -355,9 +359,9 @@ def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, fram
         lo, hi = margin - d.min(), size - margin - d.max()
         pos.append(d + (min(max(start, lo), hi) if hi > lo else 0.5 * (lo + hi)))
     _draw_object(canvas, pad, pos[0], pos[1], base_ang + track["ang"], length, track["vis"], shape,
-                 body, head, 1.0, 1.2 * k, outline_rgb)
+                 body, head, 1.0, 1.5 * k, outline_rgb)
     out = canvas[:, pad:pad + size, pad:pad + size]
-    out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(2, 5))
+    out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(2, 4) * clutter)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -430,8 +434,8 @@ def make_plan(num_clips: int, seed: int, classes=CLASSES) -> list[tuple[str, str
 
 
 def _make_one(job):
-    out_dir, index, rel, label, seed, size, frames, fps, crf = job
-    clip = render_clip(label, clip_rng(seed, index), size, frames)
+    out_dir, index, rel, label, seed, size, frames, fps, crf, clutter = job
+    clip = render_clip(label, clip_rng(seed, index), size, frames, clutter)
     path = os.path.join(out_dir, rel)
     tmp = f"{path}.tmp{os.getpid()}.mp4"
     encode_mp4(clip, tmp, fps=fps, crf=crf)
@@ -440,11 +444,12 @@ def _make_one(job):
 
 
 def generate(out_dir: str, num_clips: int, seed: int, size: int = 128, frames: int = 64,
-             workers: int = 2, classes=CLASSES, fps: int = 16, crf: int = 20, progress=True) -> list:
+             workers: int = 2, classes=CLASSES, fps: int = 16, crf: int = 20, clutter: float = 1.0,
+             progress=True) -> list:
     """Render and encode the dataset into ``out_dir``; returns the plan (see make_plan)."""
     plan = make_plan(num_clips, seed, classes)
     os.makedirs(os.path.join(out_dir, "clips"), exist_ok=True)
-    jobs = [(out_dir, i, rel, label, seed, size, frames, fps, crf) for i, (rel, label, _) in enumerate(plan)]
+    jobs = [(out_dir, i, rel, label, seed, size, frames, fps, crf, clutter) for i, (rel, label, _) in enumerate(plan)]
     start = time.time()
     every = max(1, num_clips // 20)
 
@@ -515,7 +520,7 @@ def write_png(path: str, image: np.ndarray) -> None:
 
 
 def preview_image(num_clips: int, seed: int, size: int = 128, frames: int = 64, classes=CLASSES,
-                  columns: int = 8) -> np.ndarray:
+                  columns: int = 8, clutter: float = 1.0) -> np.ndarray:
     """Contact sheet: one row per class (the first clip of that class in the dataset plan),
     ``columns`` frames sampled uniformly over the clip, the class name on the left."""
     plan = make_plan(num_clips, seed, classes)
@@ -526,7 +531,7 @@ def preview_image(num_clips: int, seed: int, size: int = 128, frames: int = 64, 
     sheet = np.full((len(classes) * (size + gap) + gap, label_w + columns * (size + gap) + gap, 3), 24, np.uint8)
     cols = np.linspace(0, frames - 1, columns).round().astype(int)
     for r, name in enumerate(classes):
-        clip = render_clip(name, clip_rng(seed, first[name]), size, frames)
+        clip = render_clip(name, clip_rng(seed, first[name]), size, frames, clutter)
         y = gap + r * (size + gap)
         _text(sheet, 4, y + size // 2 - 5, name)
         for c, j in enumerate(cols):
@@ -551,6 +556,9 @@ def _parse(argv):
                    help="comma-separated subset of class names (default: all); --list-classes shows them")
     p.add_argument("--fps", type=int, default=16, help="frame rate written in the mp4 (default 16)")
     p.add_argument("--crf", type=int, default=20, help="x264 constant rate factor, 0-51 (default 20)")
+    p.add_argument("--clutter", type=float, default=1.0,
+                   help="scales background contrast, pan, distractor opacity and noise (0 = clean "
+                        "background, no distractors; default 1.0); the layout of each clip stays the same")
     p.add_argument("--preview", action="store_true",
                    help="write only DIR/preview.png (first clip of each class, 8 frames each), no videos")
     p.add_argument("--list-classes", action="store_true", help="print the classes with their family and exit")
@@ -573,6 +581,8 @@ def _parse(argv):
         p.error(f"--fps must be >= 1, got {args.fps}")
     if not 0 <= args.crf <= 51:
         p.error(f"--crf must be in 0..51, got {args.crf}")
+    if not 0 <= args.clutter <= 3:
+        p.error(f"--clutter must be in 0..3, got {args.clutter}")
     if args.classes is None:
         args.classes = CLASSES
     else:
@@ -595,14 +605,15 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     if args.preview:
         path = os.path.join(args.out, "preview.png")
-        write_png(path, preview_image(args.clips, args.seed, args.size, args.frames, args.classes))
+        write_png(path, preview_image(args.clips, args.seed, args.size, args.frames, args.classes,
+                                        clutter=args.clutter))
         print(f"wrote {path}")
         return 0
     print(f"rendering {args.clips} clips of {len(args.classes)} classes, {args.frames} frames x "
           f"{args.size} px, seed {args.seed}, {args.workers} worker(s) -> {args.out}", flush=True)
     start = time.time()
     generate(args.out, args.clips, args.seed, args.size, args.frames, args.workers, args.classes,
-             args.fps, args.crf)
+             args.fps, args.crf, args.clutter)
     total = sum(os.path.getsize(os.path.join(args.out, "clips", f)) for f in os.listdir(os.path.join(args.out, "clips"))
                 if f.endswith(".mp4"))
     print(f"done in {time.time() - start:.1f}s; wrote manifest.csv, classes.json; "
