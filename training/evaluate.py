@@ -92,6 +92,8 @@ def main(argv=None):
     if net.labels is not None and list(net.labels) != list(classes):
         sys.exit(f"the checkpoint's labels do not match the dataset's classes ({len(net.labels)} vs {len(classes)})")
 
+    train = load_samples(args.data, "train")[0] if args.retrieval else None
+
     def patch_for(pixels: int, given: int | None) -> int:
         if given is not None:
             return given
@@ -102,7 +104,6 @@ def main(argv=None):
     def measure(frames, pixels, patch) -> dict:
         t0 = time.perf_counter()
         if args.retrieval:
-            train, _ = load_samples(args.data, "train")
             score = {"retrieval_top1": retrieval_top1(net, train, test, classes, frames, pixels, patch,
                                                       args.batch_size, args.workers)}
         else:

@@ -93,14 +93,19 @@ def setup_distributed(device: str) -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def batch_starts(n: int, batch_size: int, world: int) -> range:
+    """Where each batch of an epoch starts: whole rounds of `world` batches (the rest dropped)."""
+    usable = n - n % (batch_size * world) if n >= batch_size * world else n
+    return range(0, usable, batch_size)
+
+
 def batches_for_epoch(n: int, batch_size: int, sampler: ConfigSampler, epoch: int, seed: int, rank: int, world: int):
     """Shuffled batches of (index, frames, pixels, patch, epoch): every rank draws the same list
     (same seed) and takes its share, so each step's ranks see disjoint clips."""
     order = list(range(n))
     random.Random(seed * 1000 + epoch).shuffle(order)
-    usable = n - n % (batch_size * world) if n >= batch_size * world else n
     batches = []
-    for start in range(0, usable, batch_size):
+    for start in batch_starts(n, batch_size, world):
         c = sampler.sample()
         batches.append([(i, c.frames, c.pixels, c.patch, epoch) for i in order[start:start + batch_size]])
     return batches[rank::world]
@@ -207,7 +212,7 @@ def main(argv=None):
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank)
     dataset = _Keyed(train, classes, mode="train", seed=args.seed, cache=args.cache)
-    steps_per_epoch = len(batches_for_epoch(len(train), args.batch_size, ConfigSampler("none", cfg), 0, args.seed, rank, world))
+    steps_per_epoch = len(batch_starts(len(train), args.batch_size, world)[rank::world])
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
     total_steps = steps_per_epoch * args.epochs
