@@ -13,7 +13,7 @@ import pytest
 from video import synthetic as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBSET = ("move_e", "rotate_cw", "rotate_ccw", "blink", "seq_move_spin_blink", "seq_blink_spin_move")
+SUBSET = ("move_e", "rotate_cw", "rotate_ccw", "grow", "seq_move_spin_grow", "seq_grow_spin_move")
 SMALL = ["--size", "64", "--frames", "16", "--classes", ",".join(SUBSET)]
 
 
@@ -134,8 +134,8 @@ def test_first_frame_does_not_depend_on_class():
 def test_classes_and_families():
     assert len(S.CLASSES) == len(set(S.CLASSES)) and 20 <= len(S.CLASSES) <= 40
     assert {S.FAMILY[c] for c in S.CLASSES} == {"short", "long"}
-    orders = {frozenset(steps) for name, steps in S.SEQUENCES.items() if len(steps) == 3}
-    assert len(orders) == 1  # the 3-step sequences differ only in order
+    orders = {frozenset(steps) for steps in S.SEQUENCES.values()}
+    assert len(orders) == 1 and len(S.SEQUENCES) == 6  # every order of the same three sub-actions
 
 
 def test_preview_png(tmp_path):
