@@ -1,4 +1,4 @@
-"""Synthetic action-recognition benchmark: small actors doing labelled motions on moving clutter.
+"""Synthetic action-recognition benchmark: an actor doing labelled motions among small distractors on moving clutter.
 
     python -m video.synthetic --out DIR --clips N --seed S [--size 128] [--frames 64] [--workers 2]
     python -m video.synthetic --out DIR --clips N --seed S --preview     # DIR/preview.png only
