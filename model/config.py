@@ -9,6 +9,13 @@ POS_EMBEDS = ("separable", "joint")
 # How the backward direction orders the tokens (KAIST VideoMamba's three choices).
 BACKWARD_ORDERS = ("reverse", "reverse_within_frame", "reverse_frames")
 PATCH_RESIZES = ("pinv", "bicubic")
+# The forward scan's token order (VideoMamba's paper compares both): frame by frame (the public
+# models), or position by position with a patch's frames adjacent, so that the mixer's causal
+# conv sees each patch's recent past like a temporal convolution.
+SCAN_ORDERS = ("spatial_first", "temporal_first")
+# How a fresh model's positional embeddings start: VideoMamba's truncated normal (std 0.02), or
+# fixed-frequency sin-cos tables at unit scale, which a from-scratch model binds to content sooner.
+POS_INITS = ("trunc_normal", "sincos")
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,9 @@ class VideoMambaConfig:
     dt_rank: int = 0  # 0 means ceil(embed_dim / 16), as mamba's "auto"
     pos_embed: str = "separable"  # spatial + temporal (public checkpoints) or joint spatio-temporal
     backward_order: str = "reverse"
+    scan_order: str = "spatial_first"
     patch_resize: str = "pinv"  # FlexiViT pseudo-inverse resize, or plain bicubic
+    pos_init: str = "trunc_normal"  # only affects a fresh init; loaded weights overwrite it
     norm_eps: float = 1e-5
     drop_path_rate: float = 0.0
 
@@ -42,6 +51,12 @@ class VideoMambaConfig:
             problems.append(f"pos_embed={self.pos_embed!r} (choose from {POS_EMBEDS})")
         if self.backward_order not in BACKWARD_ORDERS:
             problems.append(f"backward_order={self.backward_order!r} (choose from {BACKWARD_ORDERS})")
+        if self.pos_init not in POS_INITS:
+            problems.append(f"pos_init={self.pos_init!r} (choose from {POS_INITS})")
+        if self.scan_order not in SCAN_ORDERS:
+            problems.append(f"scan_order={self.scan_order!r} (choose from {SCAN_ORDERS})")
+        elif self.scan_order == "temporal_first" and self.backward_order != "reverse":
+            problems.append(f"backward_order={self.backward_order!r} is defined for spatial_first scans only")
         if self.patch_resize not in PATCH_RESIZES:
             problems.append(f"patch_resize={self.patch_resize!r} (choose from {PATCH_RESIZES})")
         if self.tubelet < 1 or self.num_frames < self.tubelet:

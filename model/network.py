@@ -206,9 +206,18 @@ class VideoMamba(nn.Module):
                 t.copy_(torch.randn(t.shape, generator=gen).clamp_(-2, 2) * std)
 
         trunc(self.pos_embed)
-        if cfg.pos_embed == "joint":  # KAIST "temporal expanding": the spatial table repeated over time
+        spatial = cfg.grid_size ** 2
+        if cfg.pos_init == "sincos":
             with torch.no_grad():
-                spatial = cfg.grid_size ** 2
+                table = sincos_spatial(cfg.grid_size, cfg.embed_dim)
+                frames = sincos_1d(torch.arange(cfg.temporal_size, dtype=torch.float64), cfg.embed_dim)
+                if cfg.pos_embed == "separable":
+                    self.pos_embed[0, 1:] = table
+                    self.temporal_pos_embedding.copy_(frames[None])
+                else:
+                    self.pos_embed[0, 1:] = (frames[:, None, :] + table[None]).flatten(0, 1)
+        elif cfg.pos_embed == "joint":  # KAIST "temporal expanding": the spatial table repeated over time
+            with torch.no_grad():
                 self.pos_embed[:, 1:] = self.pos_embed[:, 1: 1 + spatial].repeat(1, cfg.temporal_size, 1)
         for name, module in self.named_modules():
             if not isinstance(module, nn.Linear) or ".dt_proj" in name:
@@ -288,6 +297,8 @@ class VideoMamba(nn.Module):
         kernel, positions = self._flexed(patch, grid)
         x = self.patch_embed(video.to(kernel.dtype), kernel)
         x = torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x], dim=1) + positions
+        if self.config.scan_order == "temporal_first":  # (t, h, w) -> (h, w, t) after the cls token
+            x = torch.cat([x[:, :1], x[:, 1:].unflatten(1, (grid[0], -1)).transpose(1, 2).flatten(1, 2)], dim=1)
         order = backward_order(self.config.backward_order, grid)
         residual = x.float()
         for layer in self.layers:
@@ -296,6 +307,23 @@ class VideoMamba(nn.Module):
 
     def forward(self, video: torch.Tensor, patch: int | None = None) -> torch.Tensor:
         return self.head(self.features(video, patch))
+
+
+def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(n,) positions -> (n, dim) float32 table: [sin | cos] at frequencies 1/10000^(2i/dim), unit
+    amplitude (the Transformer's table)."""
+    half = dim // 2
+    freqs = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.double()[:, None] * freqs[None]
+    table = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return F.pad(table, (0, dim - 2 * half)).float()
+
+
+def sincos_spatial(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim) row-major table: half the channels encode the row, half the column."""
+    rows = torch.arange(grid, dtype=torch.float64).repeat_interleave(grid)
+    cols = torch.arange(grid, dtype=torch.float64).repeat(grid)
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim - dim // 2)], dim=1)
 
 
 def build_model(preset="tiny", **overrides) -> VideoMamba:

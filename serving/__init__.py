@@ -1,0 +1,1 @@
+"""Serving: profile tables and the budget selector (selector.py), the latency profiler (profile.py)."""

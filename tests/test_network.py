@@ -133,3 +133,45 @@ def test_bad_inputs_give_clear_errors():
         build_model("huge")
     with pytest.raises(ValueError, match="backward_order"):
         VideoMambaConfig(backward_order="sideways")
+
+
+def test_sincos_pos_init():
+    from model.network import sincos_1d, sincos_spatial
+    default = small_net()
+    assert torch.count_nonzero(default.temporal_pos_embedding) == 0  # VideoMamba's zeros
+    assert 0.01 < default.pos_embed.std() < 0.03
+    net = small_net(pos_init="sincos")
+    grid = 64 // 16
+    assert torch.equal(net.pos_embed[0, 1:], sincos_spatial(grid, 32))
+    assert torch.equal(net.temporal_pos_embedding[0], sincos_1d(torch.arange(4.0), 32))
+    # rows differ pairwise (every position distinguishable) and are unit-scale, not 0.02
+    rows = net.pos_embed[0, 1:]
+    assert torch.cdist(rows, rows).add(torch.eye(len(rows)) * 9).min() > 0.5
+    assert 0.4 < rows.std() < 1.0
+    joint = small_net(pos_init="sincos", pos_embed="joint")
+    expected = (sincos_1d(torch.arange(4.0), 32)[:, None] + sincos_spatial(grid, 32)[None]).flatten(0, 1)
+    assert torch.allclose(joint.pos_embed[0, 1:], expected)
+    with pytest.raises(ValueError, match="pos_init"):
+        VideoMambaConfig(pos_init="learned")
+
+
+def test_temporal_first_scan_order():
+    spatial, temporal = small_net().eval(), small_net(scan_order="temporal_first").eval()
+    temporal.load_state_dict(spatial.state_dict())
+    with torch.no_grad():
+        one_frame = torch.randn(2, 3, 1, 64, 64)  # a single frame: both orders are the same sequence
+        assert torch.allclose(spatial(one_frame), temporal(one_frame), atol=1e-5)
+        clip = torch.randn(2, 3, 4, 64, 64)
+        assert not torch.allclose(spatial(clip), temporal(clip), atol=1e-3)
+        # temporal-first is spatial-first on the clip with its time and space axes swapped,
+        # when the positional embeddings are zero (nothing else tells the axes apart)
+        for net in (spatial, temporal):
+            net.pos_embed.zero_()
+            net.temporal_pos_embedding.zero_()
+        # token (t, h, w) of `clip` becomes token t of frame h*4 + w in a 16-frame, 1x4-token video
+        swapped = clip.unfold(3, 16, 16).unfold(4, 16, 16)  # (2, 3, 4, 4, 4, 16, 16): t, h, w, py, px
+        swapped = swapped.permute(0, 1, 3, 4, 2, 5, 6).reshape(2, 3, 16, 4, 16, 16)  # (h w), t, py, px
+        swapped = swapped.permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 16, 16, 4 * 16)  # frames (h w): 1 x 4 tokens
+        assert torch.allclose(temporal(clip), spatial(swapped), atol=1e-4)
+    with pytest.raises(ValueError, match="spatial_first"):
+        VideoMambaConfig(scan_order="temporal_first", backward_order="reverse_frames")

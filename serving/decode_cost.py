@@ -1,0 +1,280 @@
+"""What decoding a video costs: the small model the server uses to predict decode time from a
+video's metadata (`DecodeModel`, stored under a profile table's "decode_model" key), and the
+measurements it is fitted to (test videos written with PyAV, timed through `video.decode_frames`).
+`python -m serving.profile` runs the measurement; the server only calls `predict_ms`."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from video import DecodeStats, VideoInfo, decode_frames, probe
+from video.transforms import short_side_size
+
+
+# ----------------------------------------------------------------------------- decode cost model
+META_KEYS = ("codec", "width", "height", "coded_width", "coded_height", "fps", "num_frames",
+             "duration_s", "size_bytes", "keyframes", "keyframe_interval_s")
+DECODE_KIND = "linear-decode-v1"
+# Terms of decode_workload with one coefficient each; decoded_mpx has one per codec.
+TERMS = ("decoded_frames", "decoded_mbytes", "seeks", "output_frames", "converted_mpx")
+SEEK_EXTRA_FRAMES = 2  # frames decoded past the average half GOP per seek (measured: 1.5-2.5)
+
+
+def video_meta(info: VideoInfo) -> dict:
+    """The fields of a probe result the decode model reads (what a sample stores)."""
+    return {k: getattr(info, k) for k in META_KEYS}
+
+
+def decode_workload(meta: Mapping, frames: int, pixels: int | None = None) -> dict:
+    """What decoding `frames` segment-sampled frames of a video costs, in the model's units.
+
+    decode_frames keeps decoding towards the next target unless a keyframe lies before it, then
+    seeks there. With s frames between targets and a keyframe every g frames: for s >= g every
+    target is a seek and g/2 frames on average; for s < g a keyframe falls in between with
+    probability s/g (a seek, then ~s/2 frames), else all s are decoded: s - s^2/2g per target.
+    No keyframe index counts as one GOP (everything decoded: pessimistic).
+
+    decoded_frames  expected frames through the decoder (+SEEK_EXTRA_FRAMES per seek)
+    decoded_mpx     decoded_frames x coded megapixels (the codec's pixel work)
+    decoded_mbytes  decoded_frames x mean compressed frame size (entropy decoding: a keyframe
+                    costs more than a P-frame because it has more bits)
+    seeks           expected seeks (decoder flushes)
+    output_frames   distinct frames returned (a fixed cost each: conversion call, copies)
+    converted_mpx   output_frames x (source + output) megapixels (resize + RGB conversion)"""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    fps = meta.get("fps") or 25.0
+    n = meta.get("num_frames") or (meta["duration_s"] * fps if meta.get("duration_s") else 10 * fps)
+    n = max(1.0, float(n))
+    gop_s = meta.get("keyframe_interval_s")
+    g = min(max(1.0, gop_s * fps), n) if gop_s else n
+    s = n / frames
+    per_target = s - s * s / (2 * g) if s < g else g / 2
+    seeks = frames * min(1.0, s / g)
+    decoded = min(n, frames * max(1.0, per_target) + SEEK_EXTRA_FRAMES * seeks)
+    area = meta["coded_width"] * meta["coded_height"] / 1e6
+    if pixels is None:  # no resize: the output is the source size
+        out_area = area
+    else:
+        w, h = short_side_size(meta["width"], meta["height"], pixels)
+        out_area = w * h / 1e6
+    out = min(frames, n)
+    return {"decoded_frames": decoded, "decoded_mpx": decoded * area,
+            "decoded_mbytes": decoded * (meta.get("size_bytes") or 0) / n / 1e6,
+            "seeks": seeks, "output_frames": out, "converted_mpx": out * (area + out_area)}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class DecodeModel:
+    """ms = const_ms + sum(coef_ms[t] x workload[t] for t in TERMS)
+    + per_mpx_ms[codec] x workload["decoded_mpx"], with the terms of `decode_workload` and all
+    coefficients >= 0.
+
+    The per-pixel decoding cost depends on the codec; a codec not measured gets the dearest one
+    measured (a budget is better kept than missed). `fit` holds the residuals of the fit."""
+
+    const_ms: float
+    coef_ms: dict
+    per_mpx_ms: dict
+    fit: dict = field(default_factory=dict, compare=False)
+
+    def codec_mpx_ms(self, codec: str) -> float:
+        if codec in self.per_mpx_ms:
+            return self.per_mpx_ms[codec]
+        return max(self.per_mpx_ms.values(), default=0.0)
+
+    def predict_meta(self, meta: Mapping, frames: int, pixels: int | None = None) -> float:
+        """predict_ms from a video_meta() dict (or a measurement sample)."""
+        w = decode_workload(meta, frames, pixels)
+        return (self.const_ms + sum(self.coef_ms[t] * w[t] for t in TERMS)
+                + self.codec_mpx_ms(meta["codec"]) * w["decoded_mpx"])
+
+    def predict_ms(self, info: VideoInfo, frames: int, pixels: int | None = None) -> float:
+        """Predicted ms of decode_frames(source, frames, short_side=pixels, info=info) (the probe
+        itself not included: the server has done it before it selects)."""
+        return self.predict_meta(video_meta(info), frames, pixels)
+
+    @classmethod
+    def fit_samples(cls, samples: Sequence[Mapping]) -> DecodeModel:
+        """Least squares on relative error (rows weighted by 1/ms, the error the fit reports)
+        with non-negative coefficients: the most negative coefficient is dropped (set to 0) and
+        the rest refitted until none is negative. Samples: META_KEYS + frames, pixels, ms."""
+        if len(samples) < 2:
+            raise ValueError(f"need at least 2 decode measurements to fit, got {len(samples)}")
+        if not all(_finite(s.get("ms")) and s["ms"] > 0 for s in samples):
+            raise ValueError("every decode measurement needs a positive, finite ms")
+        codecs = sorted({s["codec"] for s in samples})
+        names = ["const", *TERMS, *(f"mpx:{c}" for c in codecs)]
+        rows = []
+        for s in samples:
+            w = decode_workload(s, s["frames"], s.get("pixels"))
+            rows.append([1.0, *(w[t] for t in TERMS),
+                         *(w["decoded_mpx"] if c == s["codec"] else 0.0 for c in codecs)])
+        x = np.asarray(rows)
+        y = np.asarray([float(s["ms"]) for s in samples])
+        xw = x / y[:, None]  # (x.c - y) / y = (x / y).c - 1
+        # equal column scales, so that lstsq's rank cut-off treats every term alike
+        scale = np.abs(xw).max(0)
+        scale[scale == 0] = 1.0
+        active = list(range(len(names)))
+        coef = np.zeros(len(names))
+        while active:
+            sol = np.linalg.lstsq(xw[:, active] / scale[active], np.ones_like(y), rcond=None)[0]
+            sol = sol / scale[active]
+            if (sol >= 0).all():
+                coef[active] = sol
+                break
+            active.pop(int(np.argmin(sol)))
+        c = dict(zip(names, coef.tolist()))
+        model = cls(c["const"], {t: c[t] for t in TERMS}, {k: c[f"mpx:{k}"] for k in codecs})
+        pred = np.array([model.predict_meta(s, s["frames"], s.get("pixels")) for s in samples])
+        rel = np.abs(pred / y - 1)
+        fit = {"samples": len(samples), "codecs": codecs,
+               "median_abs_rel_error": round(float(np.median(rel)), 4),
+               "p90_abs_rel_error": round(float(np.percentile(rel, 90)), 4),
+               "max_abs_rel_error": round(float(rel.max()), 4),
+               "ms_range": [round(float(y.min()), 3), round(float(y.max()), 3)]}
+        return cls(model.const_ms, model.coef_ms, model.per_mpx_ms, fit)
+
+    def to_dict(self) -> dict:
+        return {"kind": DECODE_KIND,
+                "formula": "const_ms + sum(coef_ms[t] * workload[t]) + per_mpx_ms[codec] * "
+                           "workload['decoded_mpx'] (serving.profile.decode_workload); unknown "
+                           "codec: the largest per_mpx_ms",
+                "const_ms": self.const_ms, "coef_ms": dict(self.coef_ms),
+                "per_mpx_ms": dict(self.per_mpx_ms), "fit": dict(self.fit)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> DecodeModel:
+        """The inverse of to_dict; other keys (e.g. "samples") are ignored. ValueError naming
+        every problem."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"decode_model must be an object, got {type(d).__name__}")
+        problems = []
+        if d.get("kind") != DECODE_KIND:
+            problems.append(f"kind: expected {DECODE_KIND!r}, got {d.get('kind')!r}")
+        if not (_finite(d.get("const_ms")) and d["const_ms"] >= 0):
+            problems.append(f"const_ms: must be a finite number >= 0, got {d.get('const_ms')!r}")
+        coef, per = d.get("coef_ms"), d.get("per_mpx_ms")
+        if not isinstance(coef, Mapping) or set(coef) != set(TERMS):
+            problems.append(f"coef_ms: must be an object with keys {', '.join(TERMS)}, "
+                            f"got {coef!r}")
+        else:
+            problems += [f"coef_ms.{k}: must be a finite number >= 0, got {v!r}"
+                         for k, v in coef.items() if not (_finite(v) and v >= 0)]
+        if not isinstance(per, Mapping) or not per:
+            problems.append(f"per_mpx_ms: must be a non-empty object, got {per!r}")
+        else:
+            problems += [f"per_mpx_ms.{k}: must be a finite number >= 0, got {v!r}"
+                         for k, v in per.items() if not (_finite(v) and v >= 0)]
+        if problems:
+            raise ValueError("invalid decode_model: " + "; ".join(problems))
+        return cls(float(d["const_ms"]), {t: float(coef[t]) for t in TERMS},
+                   {str(k): float(v) for k, v in per.items()}, dict(d.get("fit") or {}))
+
+
+# ----------------------------------------------------------------------------- decode measurement
+def _even(v: float) -> int:
+    return max(2, 2 * round(v / 2))
+
+
+def write_test_video(path: Path, short_side: int, seconds: float, codec: str = "libx264",
+                     gop: int = 12, fps: int = 25, seed: int = 0) -> Path:
+    """A 16:9 clip of a textured, panning picture with some noise (so it compresses like camera
+    footage, not like a flat test card) in an .mp4."""
+    h, w = _even(short_side), _even(short_side * 16 / 9)
+    n = max(1, round(seconds * fps))
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:2 * h, 0:2 * w].astype(np.float32) * (128 / h)
+    texture = np.stack([127 + 100 * np.sin(xx / 13 + yy / 29), 127 + 100 * np.sin(xx / 7 - yy / 17),
+                        127 + 100 * np.cos((xx + yy) / 23)], -1)
+    texture += rng.normal(0, 10, texture.shape).astype(np.float32)
+    texture = np.clip(texture, 0, 255).astype(np.uint8)
+    # a few noise planes cycled: temporal noise without drawing a fresh one per frame
+    noise = rng.integers(-4, 5, (4, h, w, 1), dtype=np.int16)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        if codec == "libx264":
+            stream = container.add_stream(codec, rate=fps,
+                                          options={"preset": "ultrafast", "g": str(gop)})
+        else:
+            stream = container.add_stream(codec, rate=fps)
+            stream.codec_context.gop_size = gop
+            stream.bit_rate = int(w * h * fps * 0.15)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        for i in range(n):
+            dy, dx = (i * h // (2 * n)), (i * w // (2 * n))  # pan by half the frame over the clip
+            rgb = texture[dy:dy + h, dx:dx + w].astype(np.int16) + noise[i % len(noise)]
+            frame = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8),
+                                               format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def write_test_videos(directory: Path, short_sides: Sequence[int] = (128, 240, 480),
+                      durations: Sequence[float] = (2.0, 6.0),
+                      codecs: Sequence[str] = ("libx264", "mpeg4"),
+                      gops: Sequence[int] = (12, 250), fps: int = 25) -> list[Path]:
+    """One video per (codec, short side, duration); the GOP alternates in a checkerboard over
+    (size, duration) so that each codec has both short and long GOPs at every size."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for codec in codecs:
+        for i, side in enumerate(short_sides):
+            for j, seconds in enumerate(durations):
+                gop = gops[(i + j) % len(gops)]
+                path = directory / f"{codec}_{side}p_{seconds:g}s_g{gop}.mp4"
+                paths.append(write_test_video(path, side, seconds, codec, gop, fps,
+                                              seed=len(paths)))
+    return paths
+
+
+def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Sequence[int],
+                   repeats: int = 3, budget_s: float | None = None,
+                   progress=None) -> list[dict]:
+    """Median ms of decode_frames(path, T, short_side=P, info=probe(path)) per video, T and P
+    (the probe is not timed: the server probes before it selects), with the video's metadata
+    (META_KEYS), frames, pixels, ms and what the decoder did (frames_decoded, seeks). Stops early,
+    with what it has, once budget_s seconds have passed; the jobs run in a seeded random order so
+    that what it has still covers every video, T and P."""
+    start = time.monotonic()
+    samples = []
+    jobs = [(p, t, s) for p in paths for t in frames for s in short_sides]
+    random.Random(0).shuffle(jobs)
+    infos = {}
+    for i, (path, t, side) in enumerate(jobs):
+        if budget_s is not None and time.monotonic() - start > budget_s and len(samples) >= 2:
+            break
+        if path not in infos:
+            infos[path] = probe(path)
+            decode_frames(path, 1, info=infos[path])  # warm the file cache and FFmpeg
+        info = infos[path]
+        times = []
+        for _ in range(repeats):
+            stats = DecodeStats()
+            t0 = time.perf_counter()
+            decode_frames(path, t, short_side=side, info=info, stats=stats)
+            times.append((time.perf_counter() - t0) * 1e3)
+        samples.append({**video_meta(info), "frames": t, "pixels": side,
+                        "ms": round(float(np.median(times)), 4),
+                        "frames_decoded": stats.frames_decoded, "seeks": stats.seeks})
+        if progress is not None:
+            progress.update(i + 1, f"{Path(path).name} {t} frames @{side}px")
+    return samples

@@ -1,0 +1,523 @@
+"""Latency profiler: the profile table the budget selector reads (DESIGN.md sections 3 and 6).
+
+    python -m serving.profile --checkpoint CKPT [--out profiles/NAME.json] [--device cpu|cuda]
+        [--frames 4,8,16,32] [--pixels 56,112,224] [--patches 8,16] [--max-tokens N]
+        [--batch-sizes 1,4] [--warmup 3] [--min-runs 30] [--min-seconds 2] [--max-runs 1000]
+        [--threads N] [--no-decode] [--decode-repeats 3] [--decode-seconds 60] [--quiet]
+    python -m serving.profile --preset nano ...   # fresh model: latency ignores the weights
+
+It times the model over a grid of (frames, pixels, patch) configurations on one device, then
+(unless --no-decode) encodes a few test videos, times `video.decode_frames` on them and fits the
+`DecodeModel` the server uses to predict decode time from a video's metadata. Without --out the
+table goes to `profiles/<device slug>.json` (`default_profile_path`), where the server looks.
+
+Default grid, from the model's native (T frames, P pixels, patch p, token grid g = P // p):
+frames {T/2, T, 2T, 4T}, pixels {P/2, P, 2P}, and for each size the static-tokens patch
+(pixels // g, the native token grid) and the native patch. Configurations whose patch is larger
+than the frame, or with more than --max-tokens tokens (default 4x the native count), are skipped
+and listed in meta.skipped.
+
+The table (validated with `serving.selector.ProfileTable.from_dict` before it is written):
+
+    {"meta": {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "threads": 16,
+              "torch": "2.5.1", "python": "3.11.9", "date": "2025-01-01T12:00:00+00:00",
+              "command": "python -m serving.profile ...", "checkpoint": "runs/nano",
+              "model": {VideoMambaConfig fields}, "batch_sizes": [1, 4],
+              "timing": {"warmup", "min_runs", "min_seconds", "max_runs"}, "max_tokens": 1572,
+              "latency": ..., "memory": ..., "gflops": ... (what the numbers mean),
+              "skipped": [{"frames", "pixels", "patch", "reason"}]},
+     "configs": [{"frames": 8, "pixels": 112, "patch": 16, "tokens": 393, "gflops": 0.61,
+                  "latency_ms": {"p50", "p95", "p99", "mean", "min", "max"},   # batch 1
+                  "runs": 40, "peak_memory_mb": 12.3, "accuracy": null,
+                  "batches": {"4": {"latency_ms": {...}, "runs": 12, "peak_memory_mb": 45.6}}}],
+     "decode_model": DecodeModel.to_dict() plus "videos" (how the test videos were made) and
+                     "samples" (the measurements, to refit later), or null}
+
+Latency is the model's forward only (input already on the device, flexed weights already
+cached, as in the server), fp32 under torch.inference_mode(), CUDA synchronised around each run.
+Peak memory is the growth over what was held before one extra, untimed forward (weights and
+input excluded): torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident set size
+(VmHWM, reset through /proc/self/clear_refs; Linux only, otherwise null), which misses memory
+the allocator reuses from earlier frees, so it is a lower bound. Accuracy stays null: the Pareto
+benchmark fills it in. Profile an idle machine: on a CPU another process keeps busy, torch's
+spinning OpenMP threads were seen to run 100x slower (--threads 1 avoids that, but then the
+table describes one thread).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from model import CheckpointError, build_model, count_flops, load_checkpoint
+from model.config import PRESETS, VideoMambaConfig
+from model.flex import static_tokens_patch
+from model.flops import tokens as count_tokens
+from .decode_cost import DecodeModel, measure_decode, write_test_videos
+from .selector import ProfileTable
+
+Key = tuple[int, int, int]  # (frames, pixels, patch)
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+FRAME_RATIOS = (0.5, 1, 2, 4)
+PIXEL_RATIOS = (0.5, 1, 2)
+MAX_TOKENS_FACTOR = 4  # default --max-tokens: this many times the native token count
+
+
+# ----------------------------------------------------------------------------- devices and names
+def resolve_device(device=None) -> torch.device:
+    """cuda when available (or as asked), else cpu; ValueError for what cannot run here."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(dev)!r} (use cpu or cuda[:N])")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r}: CUDA is not available on this machine")
+    return dev
+
+
+def cpu_model() -> str:
+    """The CPU's model string ("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device=None) -> str:
+    dev = resolve_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
+
+
+def profile_name(device_name: str) -> str:
+    """File stem of a device's table: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"device name {device_name!r} has no letters or digits to name a file by")
+    return slug
+
+
+def default_profile_path(device=None) -> Path:
+    """profiles/<slug of the device's name>.json in the repository (where the server looks)."""
+    return PROFILES / f"{profile_name(device_name(device))}.json"
+
+
+# ----------------------------------------------------------------------------- the grid
+def default_axes(cfg: VideoMambaConfig) -> tuple[list[int], list[int]]:
+    """(frames, pixels) around the native configuration: T x {0.5,1,2,4}, P x {0.5,1,2}."""
+    frames = sorted({max(cfg.tubelet, round(cfg.num_frames * r)) for r in FRAME_RATIOS})
+    pixels = sorted({max(1, round(cfg.img_size * r)) for r in PIXEL_RATIOS})
+    return frames, pixels
+
+
+def native_tokens(cfg: VideoMambaConfig) -> int:
+    return count_tokens(cfg, cfg.num_frames, cfg.img_size, cfg.patch_size)
+
+
+def make_grid(cfg: VideoMambaConfig, frames: Iterable[int] | None = None,
+              pixels: Iterable[int] | None = None, patches: Iterable[int] | None = None,
+              max_tokens: int | None = None) -> tuple[list[Key], list[dict]]:
+    """(configurations to profile, sorted; skipped ones with the reason).
+
+    patches=None: for each size its static-tokens patch and the native patch. max_tokens=None:
+    MAX_TOKENS_FACTOR x the native token count."""
+    default_frames, default_pixels = default_axes(cfg)
+    frames = sorted(set(frames or default_frames))
+    pixels = sorted(set(pixels or default_pixels))
+    limit = max_tokens if max_tokens is not None else MAX_TOKENS_FACTOR * native_tokens(cfg)
+    keep, skipped = [], []
+    for t in frames:
+        for px in pixels:
+            choices = (sorted(set(patches)) if patches
+                       else sorted({static_tokens_patch(px, cfg.grid_size), cfg.patch_size}))
+            for p in choices:
+                if t < cfg.tubelet:
+                    why = f"fewer frames than the tubelet ({cfg.tubelet})"
+                elif p > px:
+                    why = "patch larger than the frame"
+                elif count_tokens(cfg, t, px, p) > limit:
+                    why = f"{count_tokens(cfg, t, px, p)} tokens > max_tokens {limit}"
+                else:
+                    keep.append((t, px, p))
+                    continue
+                skipped.append({"frames": t, "pixels": px, "patch": p, "reason": why})
+    return keep, skipped
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+    """One status line on stderr: rewritten in place (\\r) on a terminal; in a log (not a tty),
+    plain lines at most every `interval` seconds, and always the last one."""
+
+    def __init__(self, total: int, label: str, stream=None, interval: float = 5.0,
+                 enabled: bool = True):
+        self.total, self.label, self.interval, self.enabled = total, label, interval, enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = -math.inf
+        self._width = 0
+
+    def update(self, done: int, text: str = "") -> None:
+        if not self.enabled:
+            return
+        filled = round(20 * done / max(1, self.total))
+        line = f"{self.label} {done}/{self.total} [{'#' * filled}{'.' * (20 - filled)}] {text}"
+        now = time.monotonic()
+        if self.tty:
+            # pad over the remains of a longer previous line
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        elif done >= self.total or now - self._last >= self.interval:
+            self.stream.write(line + "\n")
+            self._last = now
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ----------------------------------------------------------------------------- model latency
+def time_runs(fn: Callable[[], object], *, warmup: int = 3, min_runs: int = 30,
+              min_seconds: float = 2.0, max_runs: int = 1000,
+              sync: Callable[[], None] = lambda: None) -> list[float]:
+    """Milliseconds of each timed call of fn: after `warmup` calls, until at least `min_runs`
+    calls and `min_seconds` seconds, never more than `max_runs` calls."""
+    if not 1 <= min_runs <= max_runs:
+        raise ValueError(f"need 1 <= min_runs <= max_runs, got {min_runs} and {max_runs}")
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a collection in the middle of a run is noise, not the model's latency
+    try:
+        start = time.perf_counter()
+        while len(times) < max_runs and (len(times) < min_runs
+                                         or time.perf_counter() - start < min_seconds):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return times
+
+
+def summarize(times_ms: Sequence[float]) -> dict:
+    """p50/p95/p99 (linear interpolation, so p50 <= p95 <= p99), mean, min, max in ms."""
+    a = np.asarray(times_ms, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    # rounding is monotone, so the order of the percentiles survives it
+    return {k: round(float(v), 4) for k, v in
+            (("p50", p50), ("p95", p95), ("p99", p99), ("mean", a.mean()), ("min", a.min()),
+             ("max", a.max()))}
+
+
+def _proc_status_kib(field_name: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Memory one call of fn adds at its peak over what was held before it, in MiB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return round((torch.cuda.max_memory_allocated(device) - before) / 2**20, 3)
+    gc.collect()
+    try:
+        if not _reset_peak_rss():
+            return None
+        before = _proc_status_kib("VmRSS")
+        fn()
+        return round(max(0, _proc_status_kib("VmHWM") - before) / 1024, 3)
+    except OSError:
+        return None
+
+
+def measure(net, key: Key, batch: int, device: torch.device, *, warmup: int = 3,
+            min_runs: int = 30, min_seconds: float = 2.0, max_runs: int = 1000) -> dict:
+    """{"latency_ms": summarize(...), "runs": n, "peak_memory_mb": m} of one configuration."""
+    frames, pixels, patch = key
+    # Random input: the network has no data-dependent control flow, so values do not matter.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, net.config.in_chans, frames, pixels, pixels, generator=gen).to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        def run():
+            return net(x, patch=patch)
+        times = time_runs(run, warmup=max(1, warmup), min_runs=min_runs,
+                          min_seconds=min_seconds, max_runs=max_runs, sync=sync)
+        memory = peak_memory_mb(run, device)
+    return {"latency_ms": summarize(times), "runs": len(times), "peak_memory_mb": memory}
+
+
+def profile_latency(net, configs: Sequence[Key], *, device=None, batch_sizes: Iterable[int] = (1,),
+                    warmup: int = 3, min_runs: int = 30, min_seconds: float = 2.0,
+                    max_runs: int = 1000, progress: Progress | None = None) -> list[dict]:
+    """One table entry per configuration (batch 1 at the top, larger batches under "batches")."""
+    device = resolve_device(device)
+    net = net.to(device).eval()
+    cfg = net.config
+    sizes = sorted(set(batch_sizes) | {1})
+    entries = []
+    for i, key in enumerate(configs):
+        frames, pixels, patch = key
+        entry = {"frames": frames, "pixels": pixels, "patch": patch,
+                 "tokens": count_tokens(cfg, frames, pixels, patch),
+                 "gflops": count_flops(cfg, frames, pixels, patch)}
+        batches = {}
+        for b in sizes:
+            if progress is not None:
+                progress.update(i, f"{frames}f {pixels}px p{patch} batch {b}")
+            batches[b] = measure(net, key, b, device, warmup=warmup, min_runs=min_runs,
+                                 min_seconds=min_seconds, max_runs=max_runs)
+        entry.update(batches.pop(1))
+        entry["accuracy"] = None  # the Pareto benchmark fills it in
+        entry["batches"] = {str(b): m for b, m in batches.items()}
+        entries.append(entry)
+        if progress is not None:
+            progress.update(i + 1, f"{frames}f {pixels}px p{patch}: "
+                            f"p95 {entry['latency_ms']['p95']:.1f} ms")
+    return entries
+
+
+def profile_decode(frames: Sequence[int], short_sides: Sequence[int], *,
+                   video_sides: Sequence[int] = (128, 240, 480),
+                   durations: Sequence[float] = (2.0, 6.0),
+                   codecs: Sequence[str] = ("libx264", "mpeg4"), repeats: int = 3,
+                   budget_s: float | None = 60.0, show_progress: bool = True) -> dict:
+    """Write test videos to a temporary directory, time decoding them, fit a DecodeModel:
+    its to_dict() plus "samples" (the measurements) and "videos" (how they were made)."""
+    with tempfile.TemporaryDirectory(prefix="stretchysnake-decode-") as tmp:
+        paths = write_test_videos(Path(tmp), video_sides, durations, codecs)
+        progress = Progress(len(paths) * len(frames) * len(short_sides), "decode",
+                            enabled=show_progress)
+        try:
+            samples = measure_decode(paths, frames, short_sides, repeats, budget_s, progress)
+        finally:
+            progress.close()
+    model = DecodeModel.fit_samples(samples)
+    planned = len(paths) * len(frames) * len(short_sides)
+    return {**model.to_dict(), "videos": {"short_sides": list(video_sides),
+                                          "durations_s": list(durations), "codecs": list(codecs),
+                                          "repeats": repeats, "measured": len(samples),
+                                          "planned": planned},
+            "samples": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()}
+                        for s in samples]}
+
+
+# ----------------------------------------------------------------------------- the table
+def machine_meta(device: torch.device) -> dict:
+    return {"device": device_name(device), "device_type": device.type,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "av": av.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def build_table(net, configs: Sequence[Key], *, device=None, batch_sizes: Iterable[int] = (1,),
+                warmup: int = 3, min_runs: int = 30, min_seconds: float = 2.0,
+                max_runs: int = 1000, decode_model: dict | None = None,
+                meta: Mapping | None = None, show_progress: bool = True) -> dict:
+    """Profile `net` over `configs` into a table dict that ProfileTable.from_dict accepts.
+    meta: extra meta keys (command, checkpoint, skipped, ...)."""
+    if not configs:
+        raise ValueError("no configurations to profile")
+    device = resolve_device(device)
+    sizes = sorted(set(batch_sizes) | {1})
+    progress = Progress(len(configs), "configs", enabled=show_progress)
+    try:
+        entries = profile_latency(net, configs, device=device, batch_sizes=sizes, warmup=warmup,
+                                  min_runs=min_runs, min_seconds=min_seconds, max_runs=max_runs,
+                                  progress=progress)
+    finally:
+        progress.close()
+    if device.type == "cuda":
+        how = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
+    else:
+        how = ("CPU peak RSS (VmHWM after /proc/self/clear_refs) minus RSS before; a lower bound "
+               "(memory the allocator reuses is not seen), null where unavailable")
+    mem = "MiB a forward adds at its peak over the weights and input: " + how
+    table = {"meta": {**machine_meta(device), "command": "python -m serving.profile",
+                      "model": net.config.to_dict(), "batch_sizes": sizes,
+                      "timing": {"warmup": warmup, "min_runs": min_runs,
+                                 "min_seconds": min_seconds, "max_runs": max_runs},
+                      "latency": "ms of one forward (model only: input on the device, flexed "
+                                 "weights cached), fp32, torch.inference_mode, CUDA synchronised",
+                      "memory": mem,
+                      "gflops": "model.count_flops: fvcore convention (1 multiply-add = 1 FLOP), "
+                                "selective scan counted analytically, batch 1",
+                      **(meta or {})},
+             "configs": entries, "decode_model": decode_model}
+    ProfileTable.from_dict(table)  # never write a table the server would refuse
+    return table
+
+
+def write_table(table: dict, path: Path) -> Path:
+    """Write atomically (a crash never leaves a half-written table for the server to find)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ----------------------------------------------------------------------------- command line
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(v) and v >= 0):
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        return v
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving.profile",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="anything model.load_checkpoint reads")
+    src.add_argument("--preset", choices=sorted(PRESETS),
+                     help="profile a fresh model of this preset (latency ignores the weights)")
+    p.add_argument("--out", type=Path, help="output JSON (default: profiles/<device slug>.json)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--frames", type=_int_list, help="e.g. 4,8,16 (default: native x 0.5,1,2,4)")
+    p.add_argument("--pixels", type=_int_list, help="e.g. 56,112 (default: native x 0.5,1,2)")
+    p.add_argument("--patches", type=_int_list,
+                   help="e.g. 8,16 for every size (default: static-tokens and native patch)")
+    p.add_argument("--max-tokens", type=_positive_int,
+                   help=f"skip larger configs (default: {MAX_TOKENS_FACTOR}x the native tokens)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1], help="e.g. 1,4 (1 is always run)")
+    p.add_argument("--warmup", type=_non_negative(int), default=3)
+    p.add_argument("--min-runs", type=_positive_int, default=30)
+    p.add_argument("--min-seconds", type=_non_negative(float), default=2.0)
+    p.add_argument("--max-runs", type=_positive_int, default=1000)
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-decode", action="store_true", help="skip the decode-cost measurement")
+    p.add_argument("--decode-repeats", type=_positive_int, default=3)
+    p.add_argument("--decode-seconds", type=_non_negative(float), default=60.0,
+                   help="time budget of the decode measurement (its videos' encoding not counted)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.max_runs < args.min_runs:
+        ap.error(f"--max-runs ({args.max_runs}) is smaller than --min-runs ({args.min_runs})")
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        ap.error(f"--device: {e}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.checkpoint is not None:
+        try:
+            net = load_checkpoint(args.checkpoint, map_location=device)
+        except CheckpointError as e:
+            ap.error(f"--checkpoint: {e}")
+        source = str(args.checkpoint)
+    else:
+        net = build_model(args.preset).eval()
+        source = f"preset:{args.preset} (fresh weights)"
+    cfg = net.config
+    configs, skipped = make_grid(cfg, args.frames, args.pixels, args.patches, args.max_tokens)
+    if not configs:
+        ap.error("every configuration of the grid was skipped: "
+                 + "; ".join(f"{s['frames']}f {s['pixels']}px p{s['patch']}: {s['reason']}"
+                             for s in skipped[:5]))
+    out = args.out or default_profile_path(device)
+
+    decode = None
+    if not args.no_decode:
+        pixels = sorted({px for _, px, _ in configs})
+        decode = profile_decode(sorted({t for t, _, _ in configs}),
+                                sorted({pixels[0], pixels[-1]}), repeats=args.decode_repeats,
+                                budget_s=args.decode_seconds, show_progress=not args.quiet)
+    table = build_table(
+        net, configs, device=device, batch_sizes=args.batch_sizes, warmup=args.warmup,
+        min_runs=args.min_runs, min_seconds=args.min_seconds, max_runs=args.max_runs,
+        decode_model=decode, show_progress=not args.quiet,
+        meta={"command": "python -m serving.profile " + shlex.join(argv), "checkpoint": source,
+              "max_tokens": (args.max_tokens if args.max_tokens is not None
+                             else MAX_TOKENS_FACTOR * native_tokens(cfg)),
+              "skipped": skipped})
+    write_table(table, out)
+    fit = (decode or {}).get("fit", {})
+    print(f"wrote {out}: {len(configs)} configurations on {table['meta']['device']}"
+          + (f"; decode model median abs error {fit['median_abs_rel_error']:.1%}" if fit else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""serving.profile: the latency profiler's table (validated by the selector's schema), its
+command line, the decode-cost model (fit on made-up and on real measurements) and file naming.
+Everything is tiny: a 1-layer 32-wide model, a few runs, two small videos."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model import build_model, count_flops
+from model.config import get_config
+from serving import decode_cost
+from serving import profile as prof
+from serving.selector import ProfileError, ProfileTable
+from video import probe
+
+TINY = dict(depth=1, embed_dim=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Another process may hold the cores: a spinning OpenMP team would make runs 100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    return build_model("nano", **TINY).eval()
+
+
+# ---- names --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, slug", [
+    ("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"),
+    ("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "intel-r-xeon-r-platinum-8375c-cpu-2-90ghz"),
+    ("  AMD EPYC 7B13 64-Core Processor ", "amd-epyc-7b13-64-core-processor"),
+    ("NVIDIA H200", "nvidia-h200"),
+])
+def test_profile_name_slugs(name, slug):
+    assert prof.profile_name(name) == slug
+
+
+def test_profile_name_refuses_a_name_without_letters():
+    with pytest.raises(ValueError, match="no letters or digits"):
+        prof.profile_name(" (@) ")
+
+
+def test_default_profile_path_is_in_the_repo_profiles_folder():
+    path = prof.default_profile_path("cpu")
+    assert path.parent == prof.PROFILES and path.parent.name == "profiles"
+    assert (path.parent.parent / "serving" / "profile.py").is_file()
+    assert path.name == prof.profile_name(prof.cpu_model()) + ".json"
+    with pytest.raises(ValueError):
+        prof.resolve_device("meta")
+
+
+# ---- grid ---------------------------------------------------------------------------------------
+
+def test_default_grid_of_nano():
+    cfg = get_config("nano")  # 8 frames, 112 px, patch 16: a 7x7 grid, 393 tokens
+    configs, skipped = prof.make_grid(cfg)
+    assert prof.default_axes(cfg) == ([4, 8, 16, 32], [56, 112, 224])
+    # static tokens (56 -> 8, 224 -> 32, native grid 7x7) at every frames, native patch 16 too
+    for t in (4, 8, 16, 32):
+        for px, p in ((56, 8), (112, 16), (224, 32), (56, 16)):
+            assert (t, px, p) in configs
+    assert (8, 112, 16) in configs and (8, 224, 16) in configs  # 1569 tokens <= 4 x 393
+    assert (16, 224, 16) not in configs and (32, 224, 16) not in configs  # 3137, 6273 tokens
+    assert ({(s["frames"], s["pixels"], s["patch"]) for s in skipped}
+            == {(16, 224, 16), (32, 224, 16)})
+    assert all("max_tokens 1572" in s["reason"] for s in skipped)
+    assert configs == sorted(configs) and len(configs) == len(set(configs)) == 18
+
+
+def test_grid_flags_and_skips():
+    cfg = get_config("nano")
+    configs, skipped = prof.make_grid(cfg, frames=[4], pixels=[16, 64], patches=[8, 32],
+                                      max_tokens=40)
+    assert configs == [(4, 16, 8), (4, 64, 32)]  # 17 tokens each
+    reasons = {(s["pixels"], s["patch"]): s["reason"] for s in skipped}
+    assert reasons[(16, 32)] == "patch larger than the frame"
+    assert reasons[(64, 8)].startswith("257 tokens > max_tokens 40")
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+def test_time_runs_stops_at_min_runs_or_max_runs():
+    calls = []
+    times = prof.time_runs(lambda: calls.append(1), warmup=2, min_runs=5, min_seconds=0, max_runs=9)
+    assert len(times) == 5 and len(calls) == 7 and all(t >= 0 for t in times)
+    times = prof.time_runs(lambda: None, warmup=0, min_runs=2, min_seconds=60, max_runs=11)
+    assert len(times) == 11  # the cap wins over min_seconds
+    with pytest.raises(ValueError):
+        prof.time_runs(lambda: None, min_runs=5, max_runs=4)
+
+
+def test_summarize_percentiles():
+    s = prof.summarize(list(range(1, 101)))  # 1..100 ms
+    assert s["p50"] == 50.5
+    assert s["p95"] == pytest.approx(95.05) and s["p99"] == pytest.approx(99.01)
+    assert (s["min"], s["max"], s["mean"]) == (1, 100, 50.5)
+
+
+def test_peak_memory_sees_an_allocation():
+    mb = prof.peak_memory_mb(lambda: np.ones(40 * 2**20 // 8).sum(), torch.device("cpu"))
+    if mb is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert 30 <= mb <= 200
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+def test_profile_tiny_model_validates(tiny_net):
+    keys = [(2, 32, 16), (4, 32, 8), (2, 48, 16)]
+    table = prof.build_table(tiny_net, keys, device="cpu", batch_sizes=[2], warmup=1, min_runs=3,
+                             min_seconds=0, show_progress=False, meta={"command": "test"})
+    parsed = ProfileTable.from_dict(table)
+    assert [c.key for c in parsed.configs] == keys
+    assert table["meta"]["batch_sizes"] == [1, 2] and table["meta"]["command"] == "test"
+    assert table["meta"]["threads"] == 1 and table["meta"]["device"] == prof.cpu_model()
+    assert table["decode_model"] is None
+    for c, (t, px, p) in zip(table["configs"], keys):
+        assert c["tokens"] == 1 + t * (px // p) ** 2  # 9, 65, 19
+        assert c["gflops"] == count_flops(tiny_net.config, t, px, p) > 0
+        lat = c["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert c["runs"] >= 3 and c["accuracy"] is None
+        assert c["peak_memory_mb"] is None or c["peak_memory_mb"] >= 0
+        b2 = c["batches"]["2"]["latency_ms"]
+        assert 0 < b2["p50"] <= b2["p95"] <= b2["p99"]
+    assert [c["tokens"] for c in table["configs"]] == [9, 65, 19]
+    assert json.loads(json.dumps(table)) == table  # plain JSON
+
+
+def test_build_table_refuses_an_empty_grid(tiny_net):
+    with pytest.raises(ValueError, match="no configurations"):
+        prof.build_table(tiny_net, [], device="cpu", show_progress=False)
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sub" / "table.json"
+    argv = ["--preset", "nano", "--out", str(out), "--no-decode", "--frames", "2,4",
+            "--pixels", "32", "--patches", "16", "--min-runs", "3", "--min-seconds", "0",
+            "--warmup", "1", "--batch-sizes", "1,2", "--threads", "1"]
+    assert prof.main(argv) == 0
+    table = ProfileTable.load(out)
+    assert [c.key for c in table.configs] == [(2, 32, 16), (4, 32, 16)]
+    assert [c.tokens for c in table.configs] == [9, 17]
+    assert all(0 < c.p50_ms <= c.p95_ms <= c.p99_ms for c in table.configs)
+    assert table.decode_model is None and not table.has_accuracy
+    meta = table.meta
+    assert meta["command"] == "python -m serving.profile " + " ".join(argv)
+    assert meta["checkpoint"].startswith("preset:nano") and meta["batch_sizes"] == [1, 2]
+    assert meta["model"]["embed_dim"] == 96 and meta["max_tokens"] == 4 * 393
+    assert all("2" in c.extra["batches"] for c in table.configs)
+    captured = capsys.readouterr()
+    assert f"wrote {out}" in captured.out and "configs 2/2" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nano", "--frames", "4,x"], "comma-separated integers"),
+    (["--preset", "nano", "--pixels", "0"], "positive integers"),
+    (["--preset", "nano", "--min-runs", "5", "--max-runs", "2"], "smaller than --min-runs"),
+    (["--preset", "nano", "--min-seconds", "-1"], ">= 0"),
+    (["--preset", "huge"], "invalid choice"),
+    (["--frames", "4"], "one of the arguments --checkpoint --preset is required"),
+    (["--preset", "nano", "--pixels", "8", "--patches", "16", "--no-decode"],
+     "every configuration of the grid was skipped"),
+])
+def test_cli_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        prof.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        prof.main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "t.json")])
+    assert e.value.code == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
+# ---- progress -----------------------------------------------------------------------------------
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_rewrites_one_line_on_a_terminal():
+    out = _Tty()
+    p = prof.Progress(3, "configs", stream=out)
+    for i in range(4):
+        p.update(i, "long text here" if i == 1 else "x")
+    p.close()
+    text = out.getvalue()
+    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
+    assert "configs 3/3 [####################] x" in text
+
+
+def test_progress_prints_throttled_lines_in_a_log():
+    out = io.StringIO()
+    p = prof.Progress(5, "configs", stream=out, interval=3600)
+    for i in range(6):
+        p.update(i)
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["configs 0/5", "configs 5/5"]
+    assert "\r" not in out.getvalue()
+
+
+# ---- decode model -------------------------------------------------------------------------------
+
+def _meta(codec, short, seconds, gop_s, fps=25, kbytes_per_frame=5.0):
+    w, h = 2 * round(short * 8 / 9), short
+    n = round(seconds * fps)
+    return {"codec": codec, "width": w, "height": h, "coded_width": w, "coded_height": h,
+            "fps": fps, "num_frames": n, "duration_s": seconds,
+            "size_bytes": int(kbytes_per_frame * 1e3 * n),
+            "keyframes": None, "keyframe_interval_s": gop_s}
+
+
+KNOWN = decode_cost.DecodeModel(2.0, {"decoded_frames": 0.05, "decoded_mbytes": 20.0, "seeks": 0.4,
+                               "output_frames": 0.15, "converted_mpx": 2.5},
+                         {"h264": 1.2, "mpeg4": 0.5})
+
+
+def _synthetic_samples(model, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    samples = []
+    for codec in ("h264", "mpeg4"):
+        for short in (128, 240, 480):
+            for seconds, gop_s, kb in ((2.0, 0.48, 9.0), (6.0, None, 4.0), (10.0, 2.0, 6.0)):
+                meta = _meta(codec, short, seconds, gop_s, kbytes_per_frame=kb * short / 240)
+                for frames in (4, 8, 16, 32):
+                    for pixels in (56, 224):
+                        ms = model.predict_meta(meta, frames, pixels)
+                        ms *= 1 + noise * rng.standard_normal()
+                        samples.append({**meta, "frames": frames, "pixels": pixels, "ms": ms})
+    return samples
+
+
+def test_decode_model_fit_recovers_known_coefficients():
+    fitted = decode_cost.DecodeModel.fit_samples(_synthetic_samples(KNOWN))
+    assert fitted.const_ms == pytest.approx(KNOWN.const_ms, rel=1e-6)
+    for t in decode_cost.TERMS:
+        assert fitted.coef_ms[t] == pytest.approx(KNOWN.coef_ms[t], rel=1e-6), t
+    assert fitted.per_mpx_ms == pytest.approx(KNOWN.per_mpx_ms, rel=1e-6)
+    assert fitted.fit["median_abs_rel_error"] < 1e-6 and fitted.fit["samples"] == 144
+    # with 5% noise the coefficients that carry most of the time stay close
+    noisy = decode_cost.DecodeModel.fit_samples(_synthetic_samples(KNOWN, noise=0.05, seed=1))
+    assert noisy.per_mpx_ms["h264"] == pytest.approx(1.2, rel=0.2)
+    assert noisy.coef_ms["converted_mpx"] == pytest.approx(2.5, rel=0.2)
+    assert 0.01 < noisy.fit["median_abs_rel_error"] < 0.06
+
+
+def test_decode_model_coefficients_stay_non_negative():
+    # times that fall with the work: an unconstrained fit would go negative
+    samples = [{**_meta("h264", 240, 4.0, 0.5), "frames": f, "pixels": 112, "ms": 50.0 / f}
+               for f in (2, 4, 8, 16)]
+    m = decode_cost.DecodeModel.fit_samples(samples)
+    assert m.const_ms >= 0 and min(m.coef_ms.values()) >= 0 and min(m.per_mpx_ms.values()) >= 0
+    assert all(m.predict_meta(s, s["frames"], 112) > 0 for s in samples)
+
+
+def test_decode_model_round_trip_and_validation():
+    fitted = decode_cost.DecodeModel.fit_samples(_synthetic_samples(KNOWN))
+    d = json.loads(json.dumps(fitted.to_dict()))
+    back = decode_cost.DecodeModel.from_dict({**d, "samples": []})  # extra keys ignored
+    assert back == fitted and back.fit == fitted.fit
+    meta = _meta("h264", 240, 6.0, 0.48)
+    assert back.predict_meta(meta, 8, 112) == pytest.approx(fitted.predict_meta(meta, 8, 112))
+    # an unmeasured codec costs as much per pixel as the dearest measured one
+    assert back.codec_mpx_ms("vp9") == back.per_mpx_ms["h264"]
+    with pytest.raises(ValueError) as e:
+        decode_cost.DecodeModel.from_dict({**d, "kind": "other", "const_ms": -1,
+                                    "per_mpx_ms": {"h264": math.inf}})
+    msg = str(e.value)
+    assert "kind" in msg and "const_ms" in msg and "per_mpx_ms.h264" in msg
+    with pytest.raises(ValueError, match="coef_ms"):
+        decode_cost.DecodeModel.from_dict({**d, "coef_ms": {"seeks": 1.0}})
+    with pytest.raises(ValueError, match="at least 2"):
+        decode_cost.DecodeModel.fit_samples([])
+
+
+def test_decode_workload_matches_the_sparse_decoder_on_paper():
+    meta = _meta("h264", 240, 4.0, 0.48)  # 100 frames, a keyframe every 12
+    w = decode_cost.decode_workload(meta, 4)      # 25 frames apart: a seek and ~6 + 2 frames each
+    assert w["seeks"] == 4 and w["decoded_frames"] == pytest.approx(4 * 6 + 2 * 4)
+    one_gop = decode_cost.decode_workload({**meta, "keyframe_interval_s": None}, 4)
+    assert one_gop["decoded_frames"] == pytest.approx(100 - 25 / 2 + 2 * 1)  # decodes on through
+    assert decode_cost.decode_workload(meta, 200)["output_frames"] == 100  # never more than the video
+
+
+def test_decode_measurement_on_real_videos(tmp_path):
+    paths = [decode_cost.write_test_video(tmp_path / "a.mp4", 48, 1.0, "libx264", gop=6, fps=12),
+             decode_cost.write_test_video(tmp_path / "b.mp4", 64, 1.0, "mpeg4", gop=24, fps=12)]
+    infos = [probe(p) for p in paths]
+    assert [(i.codec, i.coded_width, i.coded_height, i.num_frames) for i in infos] == \
+        [("h264", 86, 48, 12), ("mpeg4", 114, 64, 12)]
+    samples = decode_cost.measure_decode(paths, [2, 4, 8], [32], repeats=1)
+    assert len(samples) == 6 and all(s["ms"] > 0 and s["frames_decoded"] >= 1 for s in samples)
+    model = decode_cost.DecodeModel.fit_samples(samples)
+    for info in infos:
+        assert model.predict_ms(info, 4, 32) > 0
+        assert model.predict_ms(info, 4) > 0
+    fit = model.fit
+    assert fit["samples"] == 6 and fit["codecs"] == ["h264", "mpeg4"]
+    assert fit["median_abs_rel_error"] >= 0
+    # the table accepts it as its decode_model
+    table = {"meta": {"device": "x", "threads": 1, "torch": "t", "date": "d", "command": "c"},
+             "configs": [{"frames": 2, "pixels": 32, "patch": 16, "tokens": 9, "gflops": 0.1,
+                          "latency_ms": {"p50": 1, "p95": 2, "p99": 3}}],
+             "decode_model": model.to_dict()}
+    parsed = ProfileTable.from_dict(table)
+    assert decode_cost.DecodeModel.from_dict(parsed.decode_model) == model
+
+
+def test_profile_decode_writes_the_table_key():
+    d = prof.profile_decode([2, 4], [32], video_sides=(48,), durations=(1.0,), repeats=1,
+                            show_progress=False)
+    model = decode_cost.DecodeModel.from_dict(d)
+    assert d["videos"]["measured"] == d["videos"]["planned"] == 4 == len(d["samples"])
+    assert set(model.per_mpx_ms) == {"h264", "mpeg4"}
+    assert "median_abs_rel_error" in d["fit"]
+
+
+def test_table_schema_error_is_caught_before_writing(tiny_net, monkeypatch):
+    # a broken entry must fail loudly, not write a table the server refuses
+    monkeypatch.setattr(prof, "count_flops", lambda *a, **k: 0.0)
+    with pytest.raises(ProfileError, match="gflops"):
+        prof.build_table(tiny_net, [(2, 32, 16)], device="cpu", min_runs=1, min_seconds=0,
+                         show_progress=False)
