@@ -12,55 +12,28 @@ benchmarks/results/table1.{json,png}.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import RESULTS, print_table, save  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, ensure_data, print_table, save  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.flex import static_tokens_patch  # noqa: E402
-from training.data import ClipDataset, load_samples  # noqa: E402
+from training.data import load_samples  # noqa: E402
+from training.evaluate import top1_many  # noqa: E402
 
-DEFAULT_DATA = ROOT / "data" / "synthetic"
-SYNTHETIC_COMMAND = ["-m", "video.synthetic", "--out", str(DEFAULT_DATA), "--clips", "2000", "--seed", "0"]
-
-
-def ensure_data(manifest: Path) -> Path:
-    if manifest.exists():
-        return manifest
-    if manifest.parent != DEFAULT_DATA:
-        sys.exit(f"{manifest} not found")
-    print(f"generating the synthetic benchmark: python {' '.join(SYNTHETIC_COMMAND)}", file=sys.stderr)
-    subprocess.run([sys.executable, *SYNTHETIC_COMMAND], cwd=ROOT, check=True)
-    return manifest
-
-
-@torch.inference_mode()
 def evaluate_grid(models: dict, samples, classes, frames_list, pixels_list, batch_size=16):
-    """top-1 of every (model, patch rule) at every (frames, pixels); each clip decoded once per
-    configuration and shared by all models."""
-    rows = []
+    """top-1 (%) of every (model, patch rule) at every (frames, pixels)."""
+    runs, rows = [], []
     for frames in frames_list:
         for pixels in pixels_list:
-            keys = [(i, frames, pixels) for i in range(len(samples))]
-            loader = DataLoader(ClipDataset(samples, classes), batch_sampler=[keys[i:i + batch_size]
-                                for i in range(0, len(keys), batch_size)], num_workers=1)
-            patches = {name: net.config.patch_size if rule == "native"
-                       else static_tokens_patch(pixels, net.config.grid_size) for name, (net, rule) in models.items()}
-            correct = {name: 0 for name in models}
-            for clips, labels in loader:
-                for name, (net, _) in models.items():
-                    correct[name] += (net(clips, patch=patches[name]).argmax(-1) == labels).sum().item()
-            rows.extend({"model": name, "frames": frames, "pixels": pixels, "patch": patches[name],
-                         "top1": 100 * correct[name] / len(samples)} for name in models)
-            print(f"  {frames} frames x {pixels} px: " + ", ".join(
-                f"{r['model']} {r['top1']:.1f}" for r in rows[-len(models):]), file=sys.stderr)
-    return rows
+            for name, (net, rule) in models.items():
+                patch = net.config.patch_size if rule == "native" else static_tokens_patch(pixels, net.config.grid_size)
+                runs.append((net, frames, pixels, patch))
+                rows.append({"model": name, "frames": frames, "pixels": pixels, "patch": patch})
+    scores = top1_many(runs, samples, classes, batch_size, log=lambda m: print(" ", m, file=sys.stderr))
+    return [{**row, "top1": 100 * score} for row, score in zip(rows, scores)]
 
 
 def plot(rows, frames_list, pixels_list, path: Path):

@@ -50,6 +50,28 @@ def top1(net, samples, classes, frames, pixels, patch, batch_size=16, workers=0)
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
+@torch.inference_mode()
+def top1_many(runs, samples, classes, batch_size: int = 16, workers: int = 1, log=None) -> list[float]:
+    """top-1 of each run (net, frames, pixels, patch), in order; every clip is decoded once per
+    (frames, pixels) and shared by all the runs at that size (the expensive part on a CPU)."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, (_, frames, pixels, _) in enumerate(runs):
+        by_size.setdefault((frames, pixels), []).append(i)
+    correct = [0] * len(runs)
+    for done, ((frames, pixels), members) in enumerate(by_size.items(), 1):
+        for net, *_ in (runs[i] for i in members):
+            net.eval()
+        for clips, labels in _loader(samples, classes, frames, pixels, batch_size, workers):
+            for i in members:
+                net, _, _, patch = runs[i]
+                device = next(net.parameters()).device
+                correct[i] += (net(clips.to(device), patch=patch).argmax(-1).cpu() == labels).sum().item()
+        if log is not None:
+            log(f"[{done}/{len(by_size)}] {frames} frames x {pixels} px: "
+                + ", ".join(f"p{runs[i][3]} {correct[i] / len(samples):.3f}" for i in members))
+    return [c / len(samples) for c in correct]
+
+
 def retrieval_top1(net, train, test, classes, frames, pixels, patch, batch_size=16, workers=0) -> float:
     """Nearest neighbour by cosine similarity of cls features, test -> train."""
     f_train, y_train = features_and_labels(net, train, classes, frames, pixels, patch, batch_size, workers, logits=False)
