@@ -161,6 +161,11 @@ def backward_order(kind: str, grid: tuple[int, int, int]) -> torch.Tensor:
     """Token order of the backward direction for a [cls, frames...] sequence: the whole sequence
     reversed (the public model), or patches reversed within each frame, or frames reversed;
     the last two keep cls last too, like the full reversal."""
+    with torch.inference_mode(False):  # cached: an inference tensor here would break later training
+        return _backward_order(kind, grid)
+
+
+def _backward_order(kind: str, grid: tuple[int, int, int]) -> torch.Tensor:
     t, h, w = grid
     if kind == "reverse":
         return torch.arange(t * h * w, -1, -1)

@@ -175,3 +175,11 @@ def test_temporal_first_scan_order():
         assert torch.allclose(temporal(clip), spatial(swapped), atol=1e-4)
     with pytest.raises(ValueError, match="spatial_first"):
         VideoMambaConfig(scan_order="temporal_first", backward_order="reverse_frames")
+
+
+def test_training_after_inference_at_the_same_grid():
+    net = small_net()
+    video = torch.randn(2, 3, 3, 48, 48)  # a grid no other test uses, so the order cache is cold
+    with torch.inference_mode():
+        net.eval()(video)
+    net.train()(video).sum().backward()  # the cached backward order must not be an inference tensor

@@ -1,0 +1,74 @@
+"""Do a profile table's latencies hold? Re-measures every configuration of a table on this device
+and compares the fresh p50 with the table's (issue 4's target: within 15% for every one).
+
+    python benchmarks/profile_check.py                          # this device's table, profiles/<device>.json
+    python benchmarks/profile_check.py --profile profiles/NAME.json --checkpoint CKPT --min-seconds 1
+
+Latency does not depend on the weights, so the model is built from the table's meta.model (a
+checkpoint only when given). Writes benchmarks/results/profile_check.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine, print_table, save  # noqa: E402
+from model import VideoMambaConfig, build_model, load_checkpoint  # noqa: E402
+from serving.profile import default_profile_path, measure, resolve_device  # noqa: E402
+from serving.selector import ProfileTable  # noqa: E402
+
+TOLERANCE = 0.15
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", type=Path)
+    ap.add_argument("--checkpoint", help="model to time (default: a fresh one from the table's meta.model)")
+    ap.add_argument("--device")
+    ap.add_argument("--min-runs", type=int, default=20)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    path = args.profile or default_profile_path(args.device)
+    if not path.exists():
+        sys.exit(f"no profile at {path}: python -m serving.profile --checkpoint CKPT --out {path}")
+    table = ProfileTable.load(path)
+    raw = json.loads(path.read_text())
+    if args.checkpoint:
+        net = load_checkpoint(args.checkpoint)
+    elif "model" in raw["meta"]:
+        net = build_model(VideoMambaConfig.from_dict(raw["meta"]["model"]))
+    else:
+        sys.exit(f"{path} has no meta.model: pass --checkpoint")
+    threads = raw["meta"].get("threads")
+    if threads and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)  # compare like with like
+    device = resolve_device(args.device)
+    net = net.to(device).eval()
+    rows = []
+    for c in table.configs:
+        fresh = measure(net, c.key, 1, device, warmup=3, min_runs=args.min_runs, min_seconds=args.min_seconds)
+        p50 = fresh["latency_ms"]["p50"]
+        error = p50 / c.p50_ms - 1
+        rows.append({"frames": c.frames, "pixels": c.pixels, "patch": c.patch, "table_p50_ms": c.p50_ms,
+                     "fresh_p50_ms": p50, "error_pct": 100 * error, "within": abs(error) <= TOLERANCE})
+        print(f"  {c.frames}f {c.pixels}px p{c.patch}: table {c.p50_ms:.2f} ms, fresh {p50:.2f} ms "
+              f"({100 * error:+.1f}%)", file=sys.stderr)
+    print_table(rows, list(rows[0]), title=f"fresh p50 vs {path.name} (target: every one within "
+                                           f"{100 * TOLERANCE:.0f}%)")
+    held = sum(r["within"] for r in rows)
+    worst = max(rows, key=lambda r: abs(r["error_pct"]))
+    print(f"\n{held}/{len(rows)} within {100 * TOLERANCE:.0f}%; worst {worst['error_pct']:+.1f}% at "
+          f"{worst['frames']}f {worst['pixels']}px p{worst['patch']}")
+    save("profile_check.json", {"machine": machine(), "profile": str(path), "tolerance": TOLERANCE,
+                                "held": held, "configs": len(rows), "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

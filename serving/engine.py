@@ -1,0 +1,589 @@
+"""The inference engine behind the server, free of HTTP and of BentoML: load the checkpoint and
+the profile table (or measure a quick one), warm up every configuration, then per request
+select a configuration under the budget, decode, preprocess, run the network, and report what
+each stage took beside what was predicted.
+
+    engine = Engine.start(Settings.from_env())          # load + warm up (minutes at most)
+    result = engine.classify("clip.mp4", Options(budget_ms=50))
+    # or, split the way the server does it (probe before queueing, select after):
+    info = engine.probe(path)
+    result = engine.serve(path, info, options, arrival=t0, stages={"upload": ..., ...})
+
+Budgets (DESIGN.md section 6). `budget_ms` is end to end: the time already spent on the request
+when the configuration is chosen (reading the upload, probing, waiting for the model) plus the
+predicted decode, preprocess and model time of each candidate configuration:
+
+- decode: `DecodeModel.predict_ms` from the probed metadata (frames and short side of the
+  candidate), times the online decode scale;
+- preprocess: measured per configuration at warm-up, times the online preprocess scale;
+- model: the profile's p95, times the online per-configuration scale (`LatencyCorrector`).
+
+The selector (`serving.selector.select`) takes one decode prediction for all configurations, but
+decode cost depends on the candidate's frames and pixels; so each candidate's whole
+decode + preprocess + model prediction is folded into its `latency_scale` (scale = predicted
+total / p95) and `predicted_decode_ms` is 0. The selector's "ms" of a configuration is then its
+predicted time from now to the end, which is what the budget bounds.
+
+Infeasible budgets: the cheapest configuration runs and `budget.met` is false, or, with
+`strict`, `BudgetInfeasible` (422) names the smallest budget that would have been feasible.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import CheckpointError, count_flops, load_checkpoint
+from model.flops import tokens as count_tokens
+from video import DecodeStats, Limits, VideoInfo, decode_frames, preprocess, probe
+
+from . import profile as prof
+from .correction import LatencyCorrector
+from .decode_cost import DecodeModel, write_test_video
+from .errors import BadParameters, BudgetInfeasible
+from .options import Options
+from .selector import ProfiledConfig, ProfileError, ProfileTable, Selection, select
+from .settings import Settings, SettingsError
+
+log = logging.getLogger("stretchysnake.serving")
+Key = tuple[int, int, int]
+AXES = ("frames", "pixels", "patch")
+
+
+class EngineError(RuntimeError):
+    """The engine cannot start (bad checkpoint, labels, profile, or nothing warms up)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickProfile:
+    """How the server measures a profile itself when it finds none: a small grid around the
+    model's native configuration and a short timing budget (seconds, not minutes)."""
+
+    frame_ratios: tuple = (0.5, 1, 2)
+    pixel_ratios: tuple = (0.5, 1)
+    warmup: int = 1
+    min_runs: int = 5
+    min_seconds: float = 0.2
+    max_runs: int = 50
+    decode_seconds: float = 3.0
+    decode_video_sides: tuple = (128, 240)
+    decode_durations: tuple = (2.0,)
+    decode_codecs: tuple = ("libx264",)
+    decode_repeats: int = 2
+
+
+# ----------------------------------------------------------------------------- loading helpers
+def load_labels(path: Path | None, net) -> list[str]:
+    n = net.config.num_classes
+    if n < 1:
+        raise EngineError("the checkpoint has no classification head (num_classes=0): "
+                          "the server needs one")
+    if path is None:
+        labels = getattr(net, "labels", None)
+        return list(labels) if labels else [str(i) for i in range(n)]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise EngineError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    try:
+        labels = json.loads(text)
+    except json.JSONDecodeError:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise EngineError(f"labels file {path}: expected a JSON list of names or one name per line")
+    if len(labels) != n:
+        raise EngineError(f"labels file {path} has {len(labels)} names for a head with {n} classes")
+    return labels
+
+
+def model_fingerprint(net) -> str:
+    text = json.dumps(net.config.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def reconcile(table: ProfileTable, net) -> tuple[ProfileTable, list[str]]:
+    """The table restricted to configurations this network can run, with tokens and GFLOPs
+    recomputed from the network (the table may come from another model); notes say what
+    changed."""
+    cfg = net.config
+    notes, keep = [], []
+    meta_model = table.meta.get("model")
+    if isinstance(meta_model, dict):
+        ours = cfg.to_dict()
+        differ = sorted(k for k in ("embed_dim", "depth", "patch_size", "img_size", "num_frames",
+                                    "tubelet", "d_state", "expand")
+                        if k in meta_model and meta_model[k] != ours.get(k))
+        if differ:
+            notes.append("the profile was measured on a different model ("
+                         + ", ".join(f"{k} {meta_model[k]} vs {ours[k]}" for k in differ)
+                         + "): its latencies are corrected online from observed requests")
+    changed = 0
+    for c in table.configs:
+        try:
+            toks = count_tokens(cfg, c.frames, c.pixels, c.patch)
+            gf = count_flops(cfg, c.frames, c.pixels, c.patch)
+        except ValueError as e:
+            notes.append(f"configuration {c.key} dropped: {e}")
+            continue
+        if toks != c.tokens or not math.isclose(gf, c.gflops, rel_tol=1e-3):
+            c = dataclasses.replace(c, tokens=toks, gflops=gf)
+            changed += 1
+        keep.append(c)
+    if not keep:
+        raise EngineError("no configuration of the profile table can run on this model: "
+                          + "; ".join(notes))
+    if changed:
+        notes.append(f"GFLOPs/tokens of {changed} configuration(s) recomputed for this model")
+    return dataclasses.replace(table, configs=tuple(keep)), notes
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock between the worker processes of one machine (no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def quick_decode_model(quick: QuickProfile, frames, pixels) -> dict:
+    frames, sides = sorted(set(frames)), sorted({min(pixels), max(pixels)})
+    videos = len(quick.decode_video_sides) * len(quick.decode_durations) * len(quick.decode_codecs)
+    if len(frames) * len(sides) * videos < 2:  # the fit needs two measurements at least
+        frames.append(2 * frames[-1])
+    return prof.profile_decode(frames, sides,
+                               video_sides=quick.decode_video_sides,
+                               durations=quick.decode_durations, codecs=quick.decode_codecs,
+                               repeats=quick.decode_repeats, budget_s=quick.decode_seconds,
+                               show_progress=False)
+
+
+def measure_quick_profile(net, device, quick: QuickProfile, checkpoint: str) -> dict:
+    cfg = net.config
+    frames = sorted({max(cfg.tubelet, round(cfg.num_frames * r)) for r in quick.frame_ratios})
+    pixels = sorted({max(1, round(cfg.img_size * r)) for r in quick.pixel_ratios})
+    configs, skipped = prof.make_grid(cfg, frames, pixels)
+    if not configs:
+        raise EngineError("the quick profile grid is empty for this model")
+    decode = quick_decode_model(quick, [t for t, _, _ in configs], [p for _, p, _ in configs])
+    return prof.build_table(
+        net, configs, device=device, warmup=quick.warmup, min_runs=quick.min_runs,
+        min_seconds=quick.min_seconds, max_runs=quick.max_runs, decode_model=decode,
+        show_progress=False,
+        meta={"command": "measured by the server at startup (quick profile; run "
+                         "`python -m serving.profile` for a proper table)",
+              "checkpoint": checkpoint, "skipped": skipped, "quick": dataclasses.asdict(quick)})
+
+
+def resolve_table(net, settings: Settings, device: torch.device,
+                  quick: QuickProfile) -> tuple[ProfileTable, str]:
+    """(table, where it came from): STRETCHYSNAKE_PROFILE, else profiles/<device>.json, else a
+    quick profile measured now (kept in the cache directory for the next start; a file lock
+    makes the workers of one machine measure it once)."""
+    if settings.profile is not None:
+        if not settings.profile.is_file():
+            raise EngineError(f"profile table not found: {settings.profile} "
+                              "(from STRETCHYSNAKE_PROFILE)")
+        return ProfileTable.load(settings.profile), str(settings.profile)
+    default = prof.default_profile_path(device)
+    if default.is_file():
+        return ProfileTable.load(default), str(default)
+    slug = prof.profile_name(prof.device_name(device))
+    cached = settings.cache / "profiles" / f"{slug}-{model_fingerprint(net)}-quick.json"
+    with _file_lock(cached.with_suffix(".lock")):
+        if cached.is_file():
+            try:
+                table = ProfileTable.load(cached)
+                log.warning("no profile table at %s: using the quick profile measured at an "
+                            "earlier start, %s", default, cached)
+                return table, f"{cached} (quick profile)"
+            except ProfileError as e:
+                log.warning("ignoring a broken cached quick profile: %s", e)
+        log.warning("no profile table for this device at %s: measuring a quick profile now "
+                    "(a few seconds; `python -m serving.profile --checkpoint ...` writes a "
+                    "proper one)", default)
+        t0 = time.perf_counter()
+        table_dict = measure_quick_profile(net, device, quick, str(settings.checkpoint))
+        prof.write_table(table_dict, cached)
+        log.warning("quick profile: %d configurations measured in %.1f s, saved to %s",
+                    len(table_dict["configs"]), time.perf_counter() - t0, cached)
+        return ProfileTable.load(cached), f"{cached} (quick profile, measured now)"
+
+
+# ----------------------------------------------------------------------------- per request
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The configuration chosen for one request and the predictions it was chosen on."""
+
+    config: ProfiledConfig
+    selection: Selection
+    spent_ms: float                # end-to-end time already spent when selecting
+    predicted: dict                # ms: decode, preprocess, model, total (total from arrival)
+    decode_raw_ms: float           # the DecodeModel's prediction before the online scale
+    candidates: int
+
+    @property
+    def feasible(self) -> bool:
+        return self.selection.feasible
+
+
+def _r(v: float | None, nd: int = 3):
+    return None if v is None else round(float(v), nd)
+
+
+def config_dict(c: ProfiledConfig) -> dict:
+    return {"frames": c.frames, "pixels": c.pixels, "patch": c.patch, "tokens": c.tokens}
+
+
+def video_dict(info: VideoInfo) -> dict:
+    return {"duration_s": _r(info.duration_s), "fps": _r(info.fps), "width": info.width,
+            "height": info.height, "codec": info.codec, "container": info.container,
+            "size_bytes": info.size_bytes}
+
+
+class Engine:
+    def __init__(self, net, labels: list[str], table: ProfileTable, decode_model: DecodeModel,
+                 *, device: torch.device, limits: Limits, source: str = "",
+                 notes: list[str] | None = None, corrector: LatencyCorrector | None = None):
+        self.net = net.eval()
+        self.labels = list(labels)
+        self.table = table
+        self.decode_model = decode_model
+        self.device = device
+        self.limits = limits
+        self.source = source
+        self.notes = list(notes or [])
+        self.corrector = corrector or LatencyCorrector()
+        self.configs = {c.key: c for c in table.configs}
+        self.preprocess_ms: dict[Key, float] = {}   # warm-up measurement per configuration
+        self.warm_model_ms: dict[Key, float] = {}
+        self.ready = False
+        self._forward_lock = threading.Lock()
+
+    # -- startup
+    @classmethod
+    def load(cls, settings: Settings, quick: QuickProfile = QuickProfile()) -> Engine:
+        """Checkpoint, labels, device, profile table and decode model; not warmed up yet."""
+        settings.check_checkpoint()
+        try:
+            device = prof.resolve_device(settings.device)
+        except ValueError as e:
+            raise SettingsError(f"STRETCHYSNAKE_DEVICE: {e}") from None
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        t0 = time.perf_counter()
+        net = load_checkpoint(settings.checkpoint, map_location=device)
+        labels = load_labels(settings.labels, net)
+        cfg = net.config
+        log.info("loaded %s: %d classes, embed_dim %d, depth %d, native %d frames x %d px, "
+                 "patch %d, on %s in %.1f s", settings.checkpoint, cfg.num_classes, cfg.embed_dim,
+                 cfg.depth, cfg.num_frames, cfg.img_size, cfg.patch_size, device,
+                 time.perf_counter() - t0)
+        table, source = resolve_table(net, settings, device, quick)
+        table, notes = reconcile(table, net)
+        for n in notes:
+            log.warning("profile: %s", n)
+        if table.decode_model is not None:
+            try:
+                decode = DecodeModel.from_dict(table.decode_model)
+            except ValueError as e:
+                raise EngineError(f"profile {source}: {e}") from None
+        else:
+            log.warning("profile %s has no decode model: measuring decode cost now (%.0f s)",
+                        source, quick.decode_seconds)
+            d = quick_decode_model(quick, [c.frames for c in table.configs],
+                                   [c.pixels for c in table.configs])
+            decode = DecodeModel.from_dict(d)
+            table = dataclasses.replace(table, decode_model=d)
+            notes.append("decode model measured at startup (the table had none)")
+        if not table.has_accuracy:
+            notes.append("no accuracy in the profile table: configurations are ranked by GFLOPs "
+                         "(most that fit the budget)")
+        limits = Limits(max_bytes=settings.max_upload_bytes,
+                        max_duration_s=settings.max_duration_s,
+                        max_decode_s=settings.max_decode_s)
+        return cls(net, labels, table, decode, device=device, limits=limits, source=source,
+                   notes=notes)
+
+    @classmethod
+    def start(cls, settings: Settings, quick: QuickProfile = QuickProfile(),
+              warmup_runs: int = 2) -> Engine:
+        engine = cls.load(settings, quick)
+        engine.warm_up(warmup_runs, tmpdir=settings.tmpdir)
+        return engine
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def warm_up(self, runs: int = 2, tmpdir: Path | None = None) -> None:
+        """Run every configuration of the table (flexed weights computed and cached), time
+        preprocessing per configuration, and decode once (FFmpeg's first-use cost). A
+        configuration that fails is dropped with a warning; ready only when at least one runs."""
+        t_start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        cfg = self.net.config
+        for key in list(self.configs):
+            frames, pixels, patch = key
+            try:
+                raw = rng.integers(0, 256, (frames, pixels, max(pixels, round(pixels * 16 / 9)), 3),
+                                   dtype=np.uint8)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    x = preprocess(raw, pixels)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                self.preprocess_ms[key] = statistics.median(times)
+                x = x[None].to(self.device)
+                with torch.inference_mode():
+                    for _ in range(max(1, runs)):
+                        t0 = time.perf_counter()
+                        out = self.net(x, patch=patch)
+                        self._sync()
+                        self.warm_model_ms[key] = (time.perf_counter() - t0) * 1e3
+                if out.shape != (1, cfg.num_classes):
+                    raise RuntimeError(f"unexpected output shape {tuple(out.shape)}")
+            except Exception as e:  # noqa: BLE001 - one bad configuration must not stop the rest
+                log.warning("warm-up: configuration %s fails on this model, dropped: %s", key, e)
+                self.notes.append(f"configuration {key} dropped at warm-up: {e}")
+                del self.configs[key]
+                self.preprocess_ms.pop(key, None)
+                self.warm_model_ms.pop(key, None)
+        if not self.configs:
+            raise EngineError("no configuration of the profile table runs: "
+                              + "; ".join(self.notes))
+        self.table = dataclasses.replace(
+            self.table, configs=tuple(c for c in self.table.configs if c.key in self.configs))
+        self._warm_decode(tmpdir)
+        self.ready = True
+        log.info("warmed up %d configurations in %.1f s; ready", len(self.configs),
+                 time.perf_counter() - t_start)
+
+    def _warm_decode(self, tmpdir: Path | None) -> None:
+        directory = Path(tmpdir or tempfile.gettempdir())
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=f"warmup-{os.getpid()}-", suffix=".mp4")
+        os.close(fd)
+        try:
+            write_test_video(Path(name), 64, 0.5)
+            info = probe(name)
+            decode_frames(name, 4, short_side=min(c.pixels for c in self.configs.values()),
+                          info=info)
+        except Exception as e:  # noqa: BLE001 - a warm-up, not a requirement
+            log.warning("decode warm-up failed (ignored): %s", e)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    # -- one request
+    def probe(self, source) -> VideoInfo:
+        return probe(source, self.limits)
+
+    def candidates(self, options: Options) -> list[Key]:
+        """Configurations matching the explicit frames/pixels/patch overrides (all without)."""
+        wanted = options.overrides
+        keys = sorted(k for k in self.configs
+                      if all(dict(zip(AXES, k))[n] == v for n, v in wanted.items()))
+        if not keys:
+            avail = "; ".join(f"{n} in {sorted({dict(zip(AXES, k))[n] for k in self.configs})}"
+                              for n in wanted)
+            combos = ", ".join(f"{t}x{p}px/p{q}" for t, p, q in sorted(self.configs))
+            asked = ", ".join(f"{n}={v}" for n, v in wanted.items())
+            raise BadParameters([f"no profiled configuration has {asked}; available: {avail} "
+                                 f"(configurations: {combos})"])
+        return keys
+
+    def predict(self, info: VideoInfo, key: Key) -> tuple[float, float, float, float]:
+        """(decode, decode before the online scale, preprocess, model) predicted ms."""
+        frames, pixels, _ = key
+        raw = max(0.0, self.decode_model.predict_ms(info, frames, pixels))
+        decode = raw * self.corrector.decode_scale()
+        pre = self.preprocess_ms.get(key, 0.0) * self.corrector.preprocess_scale()
+        model = self.configs[key].p95_ms * self.corrector.model_scale(key)
+        return decode, raw, pre, model
+
+    def plan(self, info: VideoInfo, options: Options, spent_ms: float) -> Plan:
+        keys = self.candidates(options)
+        preds = {k: self.predict(info, k) for k in keys}
+        scale = {k: max(1e-9, preds[k][0] + preds[k][2] + preds[k][3]) / self.configs[k].p95_ms
+                 for k in keys}
+        sel = select(self.table, budget_ms=options.budget_ms, budget_gflops=options.budget_gflops,
+                     predicted_decode_ms=0.0, spent_ms=max(0.0, spent_ms), latency_scale=scale,
+                     candidates=keys)
+        k = sel.config.key
+        decode, raw, pre, model = preds[k]
+        predicted = {"decode": decode, "preprocess": pre, "model": model,
+                     "total": spent_ms + decode + pre + model}
+        return Plan(sel.config, sel, spent_ms, predicted, raw, len(keys))
+
+    def reason(self, plan: Plan, options: Options) -> str:
+        """Why this configuration, in the terms of the budget (the selector's own reason speaks
+        of p95 where the engine passed it whole decode + preprocess + model predictions)."""
+        c, p = plan.config, plan.predicted
+        after = p["decode"] + p["preprocess"] + p["model"]
+        parts = []
+        if options.budget_ms is not None:
+            left = options.budget_ms - plan.spent_ms
+            parts.append(f"predicted {after:.1f} ms (decode {p['decode']:.1f} + preprocess "
+                         f"{p['preprocess']:.1f} + model p95 {p['model']:.1f}) "
+                         f"{'fits' if after <= left else 'exceeds'} the {left:.1f} ms left of "
+                         f"budget_ms={options.budget_ms:g}")
+        if options.budget_gflops is not None:
+            within = "within" if c.gflops <= options.budget_gflops else "over"
+            parts.append(f"{c.gflops:.4g} GFLOPs {within} budget_gflops={options.budget_gflops:g}")
+        if not parts:
+            parts.append("no budget given")
+        if not plan.feasible:
+            head = "infeasible: the cheapest configuration"
+        elif c.accuracy is not None:
+            head = f"the most accurate configuration that fits (top-1 {c.accuracy:.4g})"
+        else:
+            head = ("the configuration with the most GFLOPs that fits (no accuracy known for "
+                    "it)")
+        return head + ": " + "; ".join(parts)
+
+    def refuse_if_strict(self, plan: Plan, options: Options) -> None:
+        """BudgetInfeasible (422) when the plan misses the budget and strict is set, naming the
+        smallest budget(s) under which the cheapest configuration would have been chosen."""
+        if plan.feasible or not options.strict:
+            return
+        sel, c = plan.selection, plan.config
+        need, detail = [], {"config": config_dict(c), "gflops": c.gflops,
+                            "spent_ms": _r(plan.spent_ms)}
+        ms = sel.cheapest_feasible_budget_ms
+        if ms is not None:
+            # rounded up so that asking for exactly this budget would select it
+            ms = math.ceil(ms * 10) / 10
+            detail["cheapest_feasible_budget_ms"] = ms
+            if ms > options.budget_ms:
+                need.append(f"budget_ms >= {ms:g} (the cheapest configuration, {c.frames} "
+                            f"frames at {c.pixels} px, patch {c.patch}, is predicted to need "
+                            f"{plan.predicted['total'] - plan.spent_ms:.1f} ms after the "
+                            f"{plan.spent_ms:.1f} ms already spent)")
+        gf = sel.cheapest_feasible_budget_gflops
+        if gf is not None:
+            detail["cheapest_feasible_budget_gflops"] = gf
+            if gf > options.budget_gflops:
+                need.append(f"budget_gflops >= {gf:.4g} (the cheapest configuration's GFLOPs)")
+        asked = ", ".join(f"{n}={v:g}" for n, v in (("budget_ms", options.budget_ms),
+                                                  ("budget_gflops", options.budget_gflops))
+                          if v is not None)
+        if need:
+            why = "the cheapest feasible budget is " + " and ".join(need)
+        else:  # each budget alone could be met, but no configuration meets both
+            why = "no profiled configuration fits both budgets together"
+        raise BudgetInfeasible(f"strict budget {asked} cannot be met: {why}", detail=detail)
+
+    def run(self, path, info: VideoInfo, plan: Plan, top_k: int) -> tuple[list, dict, DecodeStats]:
+        """Decode, preprocess, forward -> (top-k labels, ms per stage, decode stats)."""
+        c = plan.config
+        stats = DecodeStats()
+        t0 = time.perf_counter()
+        raw = decode_frames(path, c.frames, short_side=c.pixels, info=info, limits=self.limits,
+                            stats=stats)
+        t1 = time.perf_counter()
+        x = preprocess(raw, c.pixels)[None]
+        t2 = time.perf_counter()
+        with self._forward_lock, torch.inference_mode():
+            logits = self.net(x.to(self.device), patch=c.patch)
+            probs = logits.float().softmax(-1)[0]
+            k = min(top_k, probs.numel())
+            scores, idx = probs.topk(k)
+            scores, idx = scores.cpu().tolist(), idx.cpu().tolist()
+        t3 = time.perf_counter()
+        labels = [{"label": self.labels[i], "score": round(s, 6)} for s, i in zip(scores, idx)]
+        ms = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "model": (t3 - t2) * 1e3}
+        return labels, ms, stats
+
+    def observe(self, plan: Plan, ms: dict) -> None:
+        c = plan.config
+        self.corrector.observe_model(c.key, ms["model"], c.p50_ms)
+        self.corrector.observe_decode(ms["decode"], plan.decode_raw_ms)
+        if self.preprocess_ms.get(c.key):
+            self.corrector.observe_preprocess(ms["preprocess"], self.preprocess_ms[c.key])
+
+    def serve(self, path, info: VideoInfo, options: Options, *, arrival: float,
+              stages: dict | None = None, clock=time.perf_counter) -> dict:
+        """Select, run and report one request whose video is already probed. `arrival`: the
+        request's arrival on `clock`; `stages`: ms already measured (upload, probe, queue)."""
+        spent = (clock() - arrival) * 1e3
+        plan = self.plan(info, options, spent)
+        self.refuse_if_strict(plan, options)
+        labels, ms, stats = self.run(path, info, plan, options.top_k)
+        total = (clock() - arrival) * 1e3
+        self.observe(plan, ms)
+        c = plan.config
+        met = True
+        if options.budget_ms is not None and total > options.budget_ms:
+            met = False
+        if options.budget_gflops is not None and c.gflops > options.budget_gflops:
+            met = False
+        timing = {k: _r(v) for k, v in (stages or {}).items()}
+        timing.update({k: _r(v) for k, v in ms.items()})
+        timing["total"] = _r(total)
+        timing["predicted"] = {k: _r(v) for k, v in plan.predicted.items()}
+        return {
+            "labels": labels,
+            "config": config_dict(c),
+            "gflops": round(c.gflops, 6),
+            "accuracy": c.accuracy,
+            "timing_ms": timing,
+            "budget": {"ms": options.budget_ms, "gflops": options.budget_gflops, "met": met,
+                       "feasible": plan.feasible, "strict": options.strict},
+            "selection": {"reason": self.reason(plan, options), "candidates": plan.candidates,
+                          "spent_before_selection_ms": _r(plan.spent_ms),
+                          "frames_decoded": stats.frames_decoded, "seeks": stats.seeks},
+            "video": video_dict(info),
+        }
+
+    def classify(self, source, options: Options = Options()) -> dict:
+        """The whole pipeline in the calling thread (scripts, tests): probe, select, run."""
+        arrival = time.perf_counter()
+        info = self.probe(source)
+        probe_ms = (time.perf_counter() - arrival) * 1e3
+        return self.serve(source, info, options, arrival=arrival, stages={"probe": probe_ms})
+
+    # -- introspection
+    def profile_view(self) -> dict:
+        """GET /profile: the active table and how the server uses it."""
+        cfg = self.net.config
+        return {
+            "source": self.source,
+            "device": str(self.device),
+            "ready": self.ready,
+            "model": {**cfg.to_dict(), "fingerprint": model_fingerprint(self.net)},
+            "classes": len(self.labels),
+            "accuracy_known": self.table.has_accuracy,
+            "notes": self.notes,
+            "warmup_ms": [{"frames": k[0], "pixels": k[1], "patch": k[2],
+                           "model": _r(self.warm_model_ms.get(k)),
+                           "preprocess": _r(self.preprocess_ms.get(k))}
+                          for k in sorted(self.configs)],
+            "corrections": self.corrector.snapshot(),
+            "limits": dataclasses.asdict(self.limits),
+            "table": self.table.to_dict(),
+        }
+
+
+__all__ = ["Engine", "EngineError", "QuickProfile", "Plan", "load_labels", "reconcile",
+           "resolve_table", "CheckpointError"]

@@ -1,0 +1,148 @@
+"""The options of one classify request, parsed from the query string and the form fields.
+
+    POST /classify?budget_ms=50&top_k=3            (query string)
+    curl -F video=@clip.mp4 -F budget_ms=50 ...     (form fields; BentoML's client sends these)
+
+    budget_ms       number > 0     end-to-end server time for this request (upload, probe,
+                                   queue, decode, preprocess, model)
+    budget_gflops   number > 0     bound on the model's GFLOPs for the chosen configuration
+    top_k           integer >= 1   how many labels to return (default 5; capped at the classes)
+    strict          boolean        refuse (422) instead of answering over budget (default false)
+    frames          integer >= 1   only configurations with this many frames
+    pixels          integer >= 1   only configurations of this frame size
+    patch           integer >= 1   only configurations with this patch size
+
+Values are strings as sent; form fields may also be JSON-encoded, as BentoML's client sends
+them (`50`, `true`, `"8"`); JSON `null` means "not given". Numbers must be finite (no NaN, no
+inf); booleans are true/false, 1/0, yes/no, on/off. Errors: a name that is not an option, a name
+repeated within the query string or within the form, and a name given in both with different
+values. Every problem is reported at once (`BadParameters`, 422).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
+
+from .errors import BadParameters
+
+DEFAULT_TOP_K = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    budget_ms: float | None = None
+    budget_gflops: float | None = None
+    top_k: int = DEFAULT_TOP_K
+    strict: bool = False
+    frames: int | None = None
+    pixels: int | None = None
+    patch: int | None = None
+
+    @property
+    def overrides(self) -> dict:
+        """The explicit configuration constraints given ({"frames": 16} ...)."""
+        return {k: getattr(self, k) for k in ("frames", "pixels", "patch")
+                if getattr(self, k) is not None}
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _positive_number(text: str):
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    if v <= 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+def _positive_int(text: str):
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+    if v < 1:
+        raise ValueError("must be an integer >= 1")
+    return v
+
+
+def _boolean(text: str):
+    low = text.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("must be a boolean (true/false)")
+
+
+PARSERS = {"budget_ms": _positive_number, "budget_gflops": _positive_number,
+           "top_k": _positive_int, "strict": _boolean, "frames": _positive_int,
+           "pixels": _positive_int, "patch": _positive_int}
+NAMES = tuple(PARSERS)
+
+
+def _unwrap_json(text: str) -> str | None:
+    """A form value as BentoML's client sends it (json.dumps of the argument) -> plain text;
+    None for JSON null. Plain text that is not JSON is returned as it is."""
+    stripped = text.strip()
+    if stripped == "null":
+        return None
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            return stripped
+        return value if isinstance(value, str) else stripped
+    return stripped
+
+
+def parse_options(query: Iterable[tuple[str, str]] = (), form: Iterable[tuple[str, str]] = (),
+                  *, ignore: Iterable[str] = ()) -> Options:
+    """Options from (name, value) pairs of the query string and of the form fields.
+    `ignore`: names that are not options but are allowed (the file part, "video")."""
+    ignore = set(ignore)
+    problems: list[str] = []
+    values: dict[str, object] = {}
+    origin: dict[str, str] = {}
+    for where, pairs in (("query string", query), ("form", form)):
+        seen_here: set[str] = set()
+        for name, raw in pairs:
+            if name in ignore:
+                continue
+            if name not in PARSERS:
+                problems.append(f"{name}: unknown parameter (known: {', '.join(NAMES)})")
+                continue
+            if name in seen_here:
+                problems.append(f"{name}: given more than once in the {where}")
+                continue
+            seen_here.add(name)
+            if not isinstance(raw, str):
+                problems.append(f"{name}: must be a plain value, not a file")
+                continue
+            text = _unwrap_json(raw)
+            if text is None:
+                continue
+            if text == "":
+                problems.append(f"{name}: empty value")
+                continue
+            try:
+                value = PARSERS[name](text)
+            except ValueError as e:
+                problems.append(f"{name}: {e}, got {raw!r}")
+                continue
+            if name in values and values[name] != value:
+                problems.append(f"{name}: {values[name]!r} in the {origin[name]} but {value!r} "
+                                f"in the {where}")
+                continue
+            values[name] = value
+            origin[name] = where
+    if problems:
+        raise BadParameters(problems)
+    return Options(**values)

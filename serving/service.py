@@ -1,0 +1,240 @@
+"""The BentoML service: `bentoml serve` from the repository root (bentofile.yaml), or
+`bentoml serve serving.service:StretchySnake`.
+
+    POST /classify?budget_ms=50     multipart `video` file (or the raw video as the body);
+                                    options in the query string and/or as form fields
+    GET  /profile                   the active profile table and the online corrections
+    GET  /readyz                    200 once the model is loaded, profiled and warmed up
+    GET  /livez                     503 when loading failed for good
+    GET  /metrics                   BentoML's metrics plus stretchysnake_* (serving.metrics)
+
+This module is thin on purpose: the engine (serving.engine), the request handling
+(serving.handler), the upload reader (serving.upload), the options (serving.options) and the
+errors (serving.errors) are plain modules, usable and tested without a server. Settings come
+from STRETCHYSNAKE_* environment variables (serving.settings).
+
+Why the request is read by our own code rather than by BentoML's argument mapping: BentoML maps
+neither query parameters nor a form to arguments without buffering the whole upload first, and
+its validation errors are 400s; reading the request ourselves gives the query string, a size
+limit checked while streaming, any content type for the file part, and 413/415/422 answers. The
+`ClassifyInput` model below still describes the form, so that the OpenAPI schema, the Swagger
+UI and BentoML's HTTP client know the endpoint; its `from_http_request` leaves the body unread.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import bentoml
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serving.errors import NotReady
+from serving.handler import ClassifyHandler, Loader
+from serving.options import DEFAULT_TOP_K, NAMES
+from serving.settings import Settings
+
+log = logging.getLogger("stretchysnake.serving")
+
+
+# ----------------------------------------------------------------------------- schema only
+class ClassifyInput(bentoml.IODescriptor):
+    """The classify form, for the OpenAPI schema and BentoML's client; every option may also be
+    given in the query string (`/classify?budget_ms=50`)."""
+
+    video: Path = Field(description="the video file (any container/codec FFmpeg reads; the "
+                                    "part's content type is ignored, the bytes are probed)")
+    budget_ms: Optional[float] = Field(None, gt=0, description="end-to-end time budget in ms "
+                                       "(upload, probe, queue, decode, preprocess, model)")
+    budget_gflops: Optional[float] = Field(None, gt=0, description="bound on the model's GFLOPs")
+    top_k: Optional[int] = Field(DEFAULT_TOP_K, ge=1, description="number of labels returned")
+    strict: Optional[bool] = Field(False, description="refuse with 422 instead of answering "
+                                   "over budget")
+    frames: Optional[int] = Field(None, ge=1, description="only configurations with these frames")
+    pixels: Optional[int] = Field(None, ge=1, description="only configurations of this frame size")
+    patch: Optional[int] = Field(None, ge=1, description="only configurations with this patch")
+
+    @classmethod
+    async def from_http_request(cls, request, serde):
+        # The handler reads the request (query string, streamed body) itself: nothing is read
+        # or buffered here.
+        return cls.model_construct(video=None, **{k: None for k in NAMES})
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class Config(BaseModel):
+    frames: int
+    pixels: int
+    patch: int
+    tokens: int
+
+
+class Budget(BaseModel):
+    ms: Optional[float]
+    gflops: Optional[float]
+    met: bool = Field(description="measured: total time <= ms and GFLOPs <= gflops")
+    feasible: bool = Field(description="predicted before running")
+    strict: bool
+
+
+class ClassifyOutput(BaseModel):
+    labels: list[Label]
+    config: Config
+    gflops: float
+    accuracy: Optional[float] = Field(description="top-1 of this configuration from the "
+                                      "profile table; null when unknown")
+    timing_ms: dict = Field(description="upload, probe, queue, decode, preprocess, model, "
+                            "total (arrival to answer) and predicted: {decode, preprocess, "
+                            "model, total}")
+    budget: Budget
+    selection: dict
+    video: dict
+
+
+# ----------------------------------------------------------------------------- OpenAPI extras
+def _param(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error", "code", "status"],
+                "properties": {"error": {"type": "string"}, "code": {"type": "string"},
+                               "status": {"type": "integer"}, "detail": {"type": "object"}}}
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+class _Service(bentoml.Service):
+    """BentoML's Service with the query parameters of /classify and GET /profile added to its
+    OpenAPI document (BentoML documents request bodies only)."""
+
+    @property
+    def openapi_spec(self):
+        spec = super().openapi_spec
+        post = spec.paths["/classify"].post
+        fields = ClassifyInput.model_fields
+        number = {"type": "number", "exclusiveMinimum": 0}
+        post["parameters"] = [
+            _param("budget_ms", number, fields["budget_ms"].description),
+            _param("budget_gflops", number, fields["budget_gflops"].description),
+            _param("top_k", {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
+                   fields["top_k"].description),
+            _param("strict", {"type": "boolean", "default": False}, fields["strict"].description),
+            *(_param(n, {"type": "integer", "minimum": 1}, fields[n].description)
+              for n in ("frames", "pixels", "patch")),
+        ]
+        post["responses"].update({
+            400: _error_response("malformed request, empty upload or damaged video"),
+            413: _error_response("upload over the size limit, video too long or frames too "
+                                 "large"),
+            415: _error_response("not a video, no video stream, or an unsupported codec"),
+            422: _error_response("invalid parameters, or a strict budget that cannot be met"),
+            429: _error_response("too many requests in flight"),
+            503: _error_response("the model is still loading or warming up")})
+        from bentoml._internal.service.openapi.specification import PathItem
+        spec.paths["/profile"] = PathItem(get={
+            "tags": post.get("tags", []), "operationId": f"{self.name}__profile",
+            "description": "The active profile table (configurations, GFLOPs, latency "
+                           "percentiles, decode model) and the online latency corrections.",
+            "responses": {200: {"description": "the active profile",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                          503: _error_response("the model is still loading")}})
+        return spec
+
+
+# ----------------------------------------------------------------------------- GET /profile
+async def _profile(request):
+    svc = bentoml.get_current_service()
+    try:
+        engine = svc.loader.engine()
+    except NotReady as e:
+        return JSONResponse(e.payload(), status_code=e.status, headers=e.headers)
+    return JSONResponse(engine.profile_view())
+
+
+profile_app = Starlette(routes=[Route("/profile", _profile, methods=["GET"])])
+
+
+# ----------------------------------------------------------------------------- the service
+@bentoml.asgi_app(profile_app, path="/")
+@bentoml.service(name="StretchySnake", service_class=_Service,
+                 traffic={"timeout": 300})
+class StretchySnake:
+    """Budget-aware video action recognition on a flexible VideoMamba."""
+
+    @bentoml.on_deployment
+    def check_settings() -> None:
+        """Runs once in `bentoml serve` before any worker starts: a missing or unreadable
+        checkpoint, labels file or profile stops the server with one clear message instead of
+        workers restarting forever."""
+        from model import CheckpointError, load_checkpoint
+        from serving.engine import EngineError, load_labels, reconcile
+        from serving.selector import ProfileError, ProfileTable
+        from serving.settings import SettingsError
+
+        try:
+            settings = Settings.from_env()
+            settings.check_checkpoint()
+            net = load_checkpoint(settings.checkpoint, map_location="cpu")
+            load_labels(settings.labels, net)
+            if settings.profile is not None:
+                if not settings.profile.is_file():
+                    raise EngineError(f"profile table not found: {settings.profile} "
+                                      "(from STRETCHYSNAKE_PROFILE)")
+                reconcile(ProfileTable.load(settings.profile), net)  # configs it can run
+        except (SettingsError, CheckpointError, EngineError, ProfileError, OSError) as e:
+            raise SystemExit(f"StretchySnake cannot start: {e}") from None
+
+    def __init__(self) -> None:
+        logging.getLogger("stretchysnake").setLevel(logging.INFO)
+        from serving.metrics import get_metrics  # in the worker: prometheus in multiprocess mode
+
+        self.settings = Settings.from_env()
+        self.loader = Loader(self.settings)
+        self.handler = ClassifyHandler(self.loader, self.settings, get_metrics())
+
+    @bentoml.on_startup
+    def start_loading(self) -> None:
+        log.info("StretchySnake worker %d: loading %s in the background", os.getpid(),
+                 self.settings.checkpoint)
+        self.loader.start()
+
+    @bentoml.on_shutdown
+    def remove_leftovers(self) -> None:
+        """Uploads of this process still on disk (none unless a request was killed mid-way)."""
+        directory = self.settings.tmpdir
+        for path in directory.glob(f"upload-{os.getpid()}-*") if directory.is_dir() else ():
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def __is_ready__(self) -> bool:
+        return self.loader.ready
+
+    def __is_alive__(self) -> bool:
+        return self.loader.alive
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
+    async def classify(self, ctx: bentoml.Context, video: Optional[Path] = None,
+                       budget_ms: Optional[float] = None, budget_gflops: Optional[float] = None,
+                       top_k: Optional[int] = DEFAULT_TOP_K, strict: Optional[bool] = False,
+                       frames: Optional[int] = None, pixels: Optional[int] = None,
+                       patch: Optional[int] = None) -> ClassifyOutput:
+        """Classify a video under a latency (`budget_ms`) or compute (`budget_gflops`) budget:
+        the most accurate profiled (frames, pixels, patch) configuration predicted to fit runs.
+        Options come from the query string and/or the form (the arguments here only document
+        them: the handler reads the request itself)."""
+        answer = await self.handler.handle(ctx.request)
+        ctx.response.status_code = answer.status  # BentoML applies it to the response
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)

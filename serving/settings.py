@@ -1,0 +1,113 @@
+"""Server settings, from environment variables (all optional):
+
+    STRETCHYSNAKE_CHECKPOINT        anything model.load_checkpoint reads
+                                    (default: checkpoints/stretchysnake_nano in the repository)
+    STRETCHYSNAKE_LABELS            class names: a JSON list or one name per line (default: the
+                                    checkpoint's labels.json; public .pth files carry none)
+    STRETCHYSNAKE_PROFILE           the profile table; an explicit path must exist
+                                    (default: profiles/<device>.json, else a quick self-profile)
+    STRETCHYSNAKE_DEVICE            cpu, cuda or cuda:N (default: cuda when available)
+    STRETCHYSNAKE_THREADS           torch CPU threads per worker (default: torch's)
+    STRETCHYSNAKE_TMPDIR            where uploads live while a request runs
+                                    (default: $TMPDIR/stretchysnake-uploads)
+    STRETCHYSNAKE_MAX_UPLOAD_BYTES  larger uploads get 413, checked while reading (200000000)
+    STRETCHYSNAKE_MAX_DURATION_S    longer videos get 413 (3600)
+    STRETCHYSNAKE_MAX_DECODE_S      decoding slower than this gets 413 (10)
+    STRETCHYSNAKE_MAX_INFLIGHT      /classify requests per worker, running + queued; more get
+                                    429 (8)
+    STRETCHYSNAKE_CACHE             where a self-measured profile is kept between starts
+                                    (default: ~/.cache/stretchysnake)
+
+A bad value raises `SettingsError` naming every problem. Standard library only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "stretchysnake_nano"
+PREFIX = "STRETCHYSNAKE_"
+
+
+class SettingsError(ValueError):
+    """Settings the server cannot start with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    checkpoint_from_env: bool = False   # False: the bundled default (a clearer message if missing)
+    labels: Path | None = None
+    profile: Path | None = None          # None: serving.profile.default_profile_path(device)
+    device: str | None = None
+    threads: int | None = None
+    tmpdir: Path = Path(tempfile.gettempdir()) / "stretchysnake-uploads"
+    max_upload_bytes: int = 200_000_000
+    max_duration_s: float = 3600.0
+    max_decode_s: float = 10.0
+    max_inflight: int = 8
+    cache: Path = Path.home() / ".cache" / "stretchysnake"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        values: dict = {}
+
+        def get(name: str) -> str | None:
+            v = env.get(PREFIX + name)
+            return v if v not in (None, "") else None
+
+        def number(name: str, kind, low):
+            text = get(name)
+            if text is None:
+                return None
+            try:
+                v = kind(text)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                problems.append(f"{PREFIX}{name}={text!r}: not {what}")
+                return None
+            if not (math.isfinite(v) and v >= low):
+                problems.append(f"{PREFIX}{name}={text!r}: must be >= {low}")
+                return None
+            return v
+
+        if get("CHECKPOINT"):
+            values["checkpoint"] = Path(get("CHECKPOINT")).expanduser()
+            values["checkpoint_from_env"] = True
+        for key, name in (("labels", "LABELS"), ("profile", "PROFILE"), ("tmpdir", "TMPDIR"),
+                          ("cache", "CACHE")):
+            if get(name):
+                values[key] = Path(get(name)).expanduser()
+        if get("DEVICE"):
+            values["device"] = get("DEVICE")
+        for key, name, kind, low in (("threads", "THREADS", int, 1),
+                                     ("max_upload_bytes", "MAX_UPLOAD_BYTES", int, 1),
+                                     ("max_duration_s", "MAX_DURATION_S", float, 0.001),
+                                     ("max_decode_s", "MAX_DECODE_S", float, 0.001),
+                                     ("max_inflight", "MAX_INFLIGHT", int, 1)):
+            v = number(name, kind, low)
+            if v is not None:
+                values[key] = v
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
+        return cls(**values)
+
+    def check_checkpoint(self) -> None:
+        """SettingsError with a message saying what to do when the checkpoint is missing."""
+        if self.checkpoint.exists():
+            return
+        if self.checkpoint_from_env:
+            raise SettingsError(f"checkpoint not found: {self.checkpoint} "
+                                f"(from {PREFIX}CHECKPOINT; no such file or directory)")
+        raise SettingsError(
+            f"the bundled checkpoint {self.checkpoint} does not exist (it is not trained yet). "
+            f"Point {PREFIX}CHECKPOINT at a checkpoint directory written by "
+            f"model.save_checkpoint or at a public VideoMamba .pth file, e.g. "
+            f"{PREFIX}CHECKPOINT=runs/nano bentoml serve")

@@ -1,0 +1,610 @@
+"""The budget-aware BentoML service (issue 5): the real `bentoml serve` process on a loopback port
+with a tiny checkpoint and profile made here, real encoded clips uploaded to it, every error
+path, /profile, /metrics, OpenAPI and BentoML's own client; and the plain modules behind it
+(options, upload reader, online correction, engine) without a server.
+
+One server for the whole module (about 6 s to start); the model is 2 layers x 32 wide, the
+clips 16 frames at 64 px, one torch thread everywhere."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from model import build_model, count_flops, save_checkpoint
+from serving import engine as eng
+from serving import profile as prof
+from serving.correction import LatencyCorrector
+from serving.decode_cost import TERMS, DecodeModel
+from serving.errors import BadParameters, BadRequest, BudgetInfeasible, PayloadTooLarge
+from serving.options import Options, parse_options
+from serving.selector import ProfileTable
+from serving.settings import Settings, SettingsError
+from serving.upload import FILE_MARKER, read_upload
+from video import errors as verr
+from video.synthetic import CLASSES, encode_mp4, render_clip
+
+REPO = Path(__file__).resolve().parent.parent
+# BentoML's own dependencies warn about their dependencies (pathspec, pydantic): not ours
+pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`")]
+LABELS = ["left", "right", "up", "down"]
+# (frames, pixels, patch) -> accuracy: the most accurate is also the most expensive
+CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+MAX_UPLOAD = 300_000
+MAX_INFLIGHT = 2
+START_TIMEOUT_S = 90
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- assets
+def _decode_model() -> dict:
+    # a made-up decode model: the server corrects it online anyway
+    return DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("service")
+    torch.manual_seed(0)
+    net = build_model("nano", num_classes=len(LABELS), depth=2, embed_dim=32).eval()
+    ckpt = save_checkpoint(net, root / "ckpt", labels=LABELS)
+    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
+                             max_runs=2, decode_model=_decode_model(), show_progress=False)
+    for c in table["configs"]:
+        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
+    profile = prof.write_table(table, root / "profile.json")
+    clip = root / "clip.mp4"
+    encode_mp4(render_clip(CLASSES[0], np.random.default_rng(0), size=64, frames=16), str(clip))
+    data = clip.read_bytes()
+    truncated = root / "truncated.mp4"
+    truncated.write_bytes(data[:len(data) // 2])
+    text = root / "notes.mp4"
+    text.write_text("this is a text file, not a video\n" * 20)
+    return {"root": root, "ckpt": ckpt, "profile": profile, "clip": clip, "clip_bytes": data,
+            "truncated": truncated, "text": text, "net": net}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_env(assets, **extra) -> dict:
+    root = assets["root"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
+    env.update({
+        "STRETCHYSNAKE_CHECKPOINT": str(assets["ckpt"]),
+        "STRETCHYSNAKE_PROFILE": str(assets["profile"]),
+        "STRETCHYSNAKE_TMPDIR": str(root / "uploads"),
+        "STRETCHYSNAKE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "STRETCHYSNAKE_MAX_INFLIGHT": str(MAX_INFLIGHT),
+        "STRETCHYSNAKE_THREADS": "1",
+        "STRETCHYSNAKE_CACHE": str(root / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(root / "tmp"),
+        "BENTOML_HOME": str(root / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    env.update(extra)
+    (root / "tmp").mkdir(exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(assets):
+    port = _free_port()
+    log_path = assets["root"] / "server.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:StretchySnake",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=_server_env(assets), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n"
+                            + log_path.read_text(errors="replace")[-4000:])
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n"
+                            + log_path.read_text(errors="replace")[-4000:])
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield {"url": url, "client": client, "log": log_path, "proc": proc}
+    finally:
+        with_pgid = proc.pid  # the session this test started (start_new_session=True)
+        if proc.poll() is None:
+            os.killpg(with_pgid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(with_pgid, signal.SIGKILL)
+                proc.wait(5)
+        log.close()
+
+
+def _classify(server, assets, query="", data=None, files=None, **kw):
+    files = files if files is not None else {
+        "video": ("clip.mp4", assets["clip_bytes"], "video/mp4")}
+    return server["client"].post("/classify" + query, data=data, files=files, **kw)
+
+
+def _config(r) -> tuple:
+    c = r.json()["config"]
+    return c["frames"], c["pixels"], c["patch"]
+
+
+# ----------------------------------------------------------------------------- the server
+def test_classify_returns_labels_config_timings_and_budget(server, assets):
+    r = _classify(server, assets, "?budget_ms=60000")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    labels = body["labels"]
+    assert [x["label"] for x in labels] and {x["label"] for x in labels} <= set(LABELS)
+    assert len(labels) == len(LABELS)  # top_k 5 is capped at the 4 classes
+    scores = [x["score"] for x in labels]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-3
+    # no pressure: the most accurate configuration
+    assert _config(r) == (16, 112, 16)
+    assert body["config"]["tokens"] == 1 + 16 * 7 * 7
+    assert body["gflops"] == pytest.approx(count_flops(assets["net"].config, 16, 112, 16),
+                                           rel=1e-4)
+    assert body["accuracy"] == 0.8
+    t = body["timing_ms"]
+    for stage in ("upload", "probe", "queue", "decode", "preprocess", "model", "total"):
+        assert t[stage] >= 0, stage
+    assert t["total"] >= t["decode"] + t["preprocess"] + t["model"]
+    assert set(t["predicted"]) == {"decode", "preprocess", "model", "total"}
+    assert body["budget"] == {"ms": 60000.0, "gflops": None, "met": True, "feasible": True,
+                              "strict": False}
+    assert body["video"]["codec"] == "h264" and body["video"]["width"] == 64
+
+
+def test_budget_from_query_string_and_from_form_fields(server, assets):
+    # GFLOPs budgets are machine-independent: 0.03 admits (8,112,16) but not (16,112,16)
+    by_query = _classify(server, assets, "?budget_gflops=0.03")
+    by_form = _classify(server, assets, data={"budget_gflops": "0.03"})
+    for r in (by_query, by_form):
+        assert r.status_code == 200, r.text
+        assert _config(r) == (8, 112, 16)
+        assert r.json()["budget"]["gflops"] == 0.03 and r.json()["budget"]["met"]
+    r = _classify(server, assets, "?top_k=2", data={"budget_gflops": "0.015"})
+    assert r.status_code == 200 and _config(r) == (4, 56, 8) and len(r.json()["labels"]) == 2
+    # the same value in both places is fine
+    r = _classify(server, assets, "?budget_gflops=0.03", data={"budget_gflops": "0.03"})
+    assert r.status_code == 200
+
+
+def test_explicit_configuration_overrides_narrow_the_choice(server, assets):
+    r = _classify(server, assets, "?frames=8")
+    assert r.status_code == 200 and _config(r) == (8, 112, 16)
+    r = _classify(server, assets, data={"pixels": "56", "patch": "8", "frames": "8"})
+    assert r.status_code == 200 and _config(r) == (8, 56, 8)
+
+
+def test_infeasible_budget_runs_the_cheapest_and_says_so(server, assets):
+    r = _classify(server, assets, "?budget_ms=0.001")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["budget"]["met"] is False and body["budget"]["feasible"] is False
+    assert body["selection"]["reason"].startswith("infeasible")
+    # the configuration predicted fastest (which one depends on this machine's timings; the
+    # engine test checks the choice itself): never the most expensive one
+    assert _config(r) != (16, 112, 16)
+
+
+def test_strict_infeasible_budget_is_refused_with_the_cheapest_feasible_budget(server, assets):
+    r = _classify(server, assets, "?budget_ms=0.001&strict=true")
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["code"] == "budget_infeasible"
+    assert body["detail"]["cheapest_feasible_budget_ms"] > 0.001
+    assert "budget_ms >=" in body["error"]
+    r = _classify(server, assets, data={"budget_gflops": "0.001", "strict": "true"})
+    assert r.status_code == 422
+    cheapest = min(count_flops(assets["net"].config, *k) for k in CONFIGS)
+    assert r.json()["detail"]["cheapest_feasible_budget_gflops"] == pytest.approx(cheapest)
+
+
+def test_any_content_type_and_a_raw_body_are_accepted(server, assets):
+    r = _classify(server, assets, files={"video": ("whatever.txt", assets["clip_bytes"],
+                                                   "text/plain")})
+    assert r.status_code == 200, r.text
+    for ctype in ("application/octet-stream", "application/x-www-form-urlencoded"):
+        # the second is what `curl --data-binary @clip.mp4` declares
+        r = server["client"].post("/classify?top_k=1", content=assets["clip_bytes"],
+                                  headers={"content-type": ctype})
+        assert r.status_code == 200 and len(r.json()["labels"]) == 1, r.text
+
+
+@pytest.mark.parametrize("name, payload, ctype, status, code", [
+    ("empty.mp4", b"", "video/mp4", 400, "empty_upload"),
+    ("notes.mp4", "text", "video/mp4", 415, "not_a_video"),
+    ("truncated.mp4", "truncated", "video/mp4", 400, "corrupt_video"),
+])
+def test_bad_videos_get_json_errors(server, assets, name, payload, ctype, status, code):
+    data = assets[payload].read_bytes() if isinstance(payload, str) else payload
+    r = _classify(server, assets, files={"video": (name, data, ctype)})
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code and body["status"] == status and body["error"]
+
+
+def test_requests_without_a_video(server, assets):
+    r = server["client"].post("/classify", data={"budget_ms": "50"},
+                              files={"file": ("clip.mp4", b"123", "video/mp4")})
+    assert r.status_code == 400 and r.json()["code"] == "missing_video", r.text
+    r = server["client"].post("/classify", files={"budget_ms": (None, "50")})
+    assert r.status_code == 400 and r.json()["code"] == "missing_video"
+    r = server["client"].post("/classify", json={"video": "http://example.com/clip.mp4"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+
+
+def test_upload_over_the_limit_is_refused_while_reading(server, assets):
+    big = np.random.default_rng(0).integers(0, 256, MAX_UPLOAD + 100_000, np.uint8).tobytes()
+    # declared length over the limit: refused before the body is read
+    r = server["client"].post("/classify", content=big,
+                              headers={"content-type": "video/mp4"})
+    assert r.status_code == 413, r.text
+    assert r.json()["code"] == "too_large" and "Content-Length" in r.json()["error"]
+
+    # no declared length (chunked): counted while streaming, reading stops soon after the
+    # limit (the HTTP server reads up to a few hundred KiB ahead), not at the end of the body
+    huge = big * 12
+
+    def chunks():
+        for i in range(0, len(huge), 16384):
+            yield huge[i:i + 16384]
+    r = server["client"].post("/classify", content=chunks(), headers={"content-type": "video/mp4"})
+    assert r.status_code == 413 and r.json()["detail"]["limit"] == MAX_UPLOAD
+    assert MAX_UPLOAD < r.json()["detail"]["value"] < len(huge) / 2
+    # a multipart upload just over the limit: the video part is what is limited
+    r = _classify(server, assets, files={"video": ("big.mp4", big[:MAX_UPLOAD + 1], "video/mp4")})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("query, form", [
+    ("?budget_ms=-1", None), ("?budget_ms=nan", None), ("?budget_ms=inf", None),
+    ("?budget_ms=", None), ("?budget_gflops=0", None), ("?top_k=0", None),
+    ("?top_k=abc", None), ("?strict=maybe", None), ("?bogus=1", None), ("?frames=2.5", None),
+    ("?frames=3", None), ("?budget_ms=1&budget_ms=2", None), ("?budget_ms=5", {"budget_ms": "7"}),
+    ("", {"budget_ms": "NaN"}), ("", {"colour": "red"}), ("", {"top_k": "-3"}),
+])
+def test_bad_parameters_are_422(server, assets, query, form):
+    r = _classify(server, assets, query, data=form)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["code"] == "invalid_parameters" and body["detail"]["problems"]
+
+
+def test_too_many_requests_in_flight_get_429(server, assets):
+    # MAX_INFLIGHT uploads that never finish hold every slot of the (single) worker
+    host, port = server["url"].removeprefix("http://").split(":")
+    stalled = []
+    try:
+        for _ in range(MAX_INFLIGHT):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                      b"Content-Length: 100000\r\n\r\n" + assets["clip_bytes"][:2000])
+            stalled.append(s)
+        deadline = time.monotonic() + 10
+        while _metric(server, "stretchysnake_inflight") < MAX_INFLIGHT:
+            assert time.monotonic() < deadline, "stalled uploads never reached the handler"
+            time.sleep(0.05)
+        r = _classify(server, assets)
+        assert r.status_code == 429, r.text
+        assert r.json()["code"] == "overloaded" and r.headers["retry-after"]
+    finally:
+        for s in stalled:
+            s.close()
+    deadline = time.monotonic() + 10
+    while _metric(server, "stretchysnake_inflight") > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _classify(server, assets).status_code == 200
+
+
+def _metric(server, name: str, **labels) -> float:
+    text = server["client"].get("/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, value = line.rsplit(" ", 1)
+        metric = head.split("{")[0]
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_profile_endpoint_returns_the_active_table(server):
+    r = server["client"].get("/profile")
+    assert r.status_code == 200
+    body = r.json()
+    table = ProfileTable.from_dict(body["table"])
+    assert {c.key for c in table.configs} == set(CONFIGS)
+    assert body["device"] == "cpu" and body["ready"] and body["accuracy_known"]
+    assert body["corrections"]["model"]  # requests so far were observed
+    assert len(body["warmup_ms"]) == len(CONFIGS)
+
+
+def test_metrics_count_configs_budgets_stages_and_errors(server, assets):
+    before = _metric(server, "stretchysnake_requests_total", frames="4", pixels="56", patch="8")
+    r = _classify(server, assets, "?budget_gflops=0.015&budget_ms=60000")
+    assert r.status_code == 200 and _config(r) == (4, 56, 8)
+    assert _metric(server, "stretchysnake_requests_total", frames="4", pixels="56",
+                   patch="8") == before + 1
+    assert _metric(server, "stretchysnake_budget_total", kind="gflops", outcome="met") >= 1
+    assert _metric(server, "stretchysnake_budget_total", kind="ms", outcome="met") >= 1
+    assert _metric(server, "stretchysnake_budget_total", kind="ms", outcome="missed") >= 1
+    for stage in ("upload", "probe", "queue", "decode", "preprocess", "model", "total"):
+        assert _metric(server, "stretchysnake_stage_seconds_count", stage=stage) >= 1, stage
+    for stage in ("decode", "model", "total"):
+        assert _metric(server, "stretchysnake_prediction_ratio_count", stage=stage) >= 1
+    assert _metric(server, "stretchysnake_errors_total", status="413", code="too_large") >= 1
+    assert _metric(server, "stretchysnake_errors_total", status="422") >= 1
+    assert _metric(server, "bentoml_service_request_total") > 0  # BentoML's own still there
+
+
+def test_openapi_documents_query_parameters_and_profile(server):
+    spec = server["client"].get("/docs.json").json()
+    post = spec["paths"]["/classify"]["post"]
+    names = {p["name"] for p in post["parameters"] if p["in"] == "query"}
+    assert names == {"budget_ms", "budget_gflops", "top_k", "strict", "frames", "pixels",
+                     "patch"}
+    assert {"413", "415", "422", "429"} <= set(map(str, post["responses"]))
+    assert "multipart/form-data" in post["requestBody"]["content"]
+    assert "get" in spec["paths"]["/profile"]
+
+
+def test_bentoml_http_client(server, assets):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server["url"], timeout=30) as client:
+        result = client.classify(video=assets["clip"], budget_gflops=0.03, top_k=2)
+    assert isinstance(result, dict) and len(result["labels"]) == 2
+    assert (result["config"]["frames"], result["config"]["pixels"]) == (8, 112)
+
+
+def test_server_is_healthy_and_left_no_temporary_files(server, assets):
+    # runs last among the server tests: after every error path above
+    assert server["client"].get("/readyz").status_code == 200
+    assert server["client"].get("/livez").status_code == 200
+    assert _classify(server, assets).status_code == 200
+    uploads = assets["root"] / "uploads"
+    deadline = time.monotonic() + 5
+    while uploads.exists() and list(uploads.iterdir()):
+        assert time.monotonic() < deadline, f"left behind: {list(uploads.iterdir())}"
+        time.sleep(0.05)
+    leftovers = [p for p in (assets["root"] / "tmp").rglob("*")
+                 if p.name.startswith(("upload-", "warmup-", "stretchysnake"))]
+    assert leftovers == []
+    assert server["proc"].poll() is None
+    assert "Traceback" not in server["log"].read_text(errors="replace")
+
+
+def test_missing_bundled_checkpoint_stops_the_server_with_a_clear_message(assets):
+    default = REPO / "checkpoints" / "stretchysnake_nano"
+    if default.exists():
+        pytest.skip("the bundled checkpoint exists")
+    env = _server_env(assets)
+    del env["STRETCHYSNAKE_CHECKPOINT"]
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve",
+                           "serving.service:StretchySnake", "--host", "127.0.0.1", "--port",
+                           str(_free_port())], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "StretchySnake cannot start" in out and "STRETCHYSNAKE_CHECKPOINT" in out
+    assert "stretchysnake_nano" in out
+
+
+# ----------------------------------------------------------------------------- without a server
+def test_parse_options_types_sources_and_problems():
+    o = parse_options([("budget_ms", "50"), ("strict", "TRUE")],
+                      [("top_k", "3"), ("frames", '"8"'), ("patch", "null"), ("video", "x")],
+                      ignore={"video"})
+    assert o == Options(budget_ms=50.0, top_k=3, strict=True, frames=8)
+    assert o.overrides == {"frames": 8}
+    assert parse_options() == Options()
+    with pytest.raises(BadParameters) as e:
+        parse_options([("budget_ms", "nan"), ("top_k", "1.5"), ("x", "1"), ("strict", "2")],
+                      [("pixels", FILE_MARKER)])
+    assert len(e.value.problems) == 5 and e.value.status == 422
+
+
+def _stream(*chunks):
+    async def gen():
+        for c in chunks:
+            yield c
+    return gen()
+
+
+def _multipart(parts: list, boundary: str = "XyZ") -> tuple[dict, bytes]:
+    body = b""
+    for name, value, filename in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return {"content-type": f"multipart/form-data; boundary={boundary}"}, body
+
+
+def test_read_upload_streams_the_video_part_and_cleans_up(tmp_path):
+    headers, body = _multipart([("budget_ms", b"50", None), ("video", b"V" * 5000, "a.mp4")])
+    up = asyncio.run(read_upload(headers, _stream(body[:100], body[100:]), tmp_path, 10_000))
+    assert up.path.read_bytes() == b"V" * 5000 and up.size == 5000 and up.form
+    assert up.fields == [("budget_ms", "50")] and up.filename == "a.mp4"
+    up.remove()
+    assert list(tmp_path.iterdir()) == []
+    # over the limit while streaming, truncated form, no boundary: nothing left on disk
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(read_upload(headers, _stream(body), tmp_path, 1000))
+    with pytest.raises(BadRequest, match="ended before"):
+        asyncio.run(read_upload(headers, _stream(body[:-30]), tmp_path, 10_000))
+    with pytest.raises(BadRequest, match="boundary"):
+        asyncio.run(read_upload({"content-type": "multipart/form-data"}, _stream(body),
+                                tmp_path, 10_000))
+    with pytest.raises(PayloadTooLarge, match="Content-Length"):
+        asyncio.run(read_upload({"content-length": str(10 ** 9)}, _stream(b""), tmp_path, 1000))
+    assert list(tmp_path.iterdir()) == []
+    raw = asyncio.run(read_upload({"content-type": "video/mp4"}, _stream(b"abc"), tmp_path, 10))
+    assert raw.path.read_bytes() == b"abc" and not raw.form
+    raw.remove()
+
+
+def test_latency_corrector_scales():
+    c = LatencyCorrector(min_samples=3, high=10)
+    assert c.model_scale((8, 112, 16)) == 1.0 and c.decode_scale() == 1.0
+    for ms in (20, 22, 18):
+        c.observe_model((8, 112, 16), ms, 10.0)
+    assert c.model_scale((8, 112, 16)) == pytest.approx(2.0)
+    assert c.model_scale((4, 56, 8)) == pytest.approx(2.0)  # borrows the global median
+    for ms in (5, 5, 5):
+        c.observe_model((4, 56, 8), ms, 10.0)
+    assert c.model_scale((4, 56, 8)) == pytest.approx(0.5)
+    for ratio in (1, 1, 1, 1000):
+        c.observe_decode(ratio, 1.0)
+    assert c.decode_scale() == 10  # clamped
+    assert c.snapshot()["model"][0]["samples"] == 3
+
+
+def test_error_mapping_of_video_errors():
+    from serving.errors import from_video_error
+
+    cases = [(verr.NotAVideo("x"), 415), (verr.NoVideoStream("x"), 415),
+             (verr.UnsupportedCodec("x"), 415), (verr.CorruptVideo("x"), 400),
+             (verr.TooLarge(10, 5), 413), (verr.TooLong(10, 5), 413),
+             (verr.FrameTooLarge(10, 5), 413), (verr.DecodeTimeout(10, 5), 413)]
+    for err, status in cases:
+        assert from_video_error(err).status == status, err
+    assert from_video_error(verr.TooLarge(10, 5)).payload()["detail"]["limit"] == 5
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"STRETCHYSNAKE_CHECKPOINT": "/x", "STRETCHYSNAKE_MAX_INFLIGHT": "3"})
+    assert s.checkpoint == Path("/x") and s.checkpoint_from_env and s.max_inflight == 3
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"STRETCHYSNAKE_MAX_UPLOAD_BYTES": "lots",
+                           "STRETCHYSNAKE_MAX_INFLIGHT": "0"})
+    assert "MAX_UPLOAD_BYTES" in str(e.value) and "MAX_INFLIGHT" in str(e.value)
+    with pytest.raises(SettingsError, match="not trained yet"):
+        Settings(checkpoint=Path("/nonexistent/stretchysnake_nano")).check_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def engine(assets):
+    torch.set_num_threads(1)
+    settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True,
+                        profile=assets["profile"], tmpdir=assets["root"] / "engine-tmp")
+    return eng.Engine.start(settings, warmup_runs=1)
+
+
+def test_engine_classifies_selects_and_corrects_online(engine, assets):
+    out = engine.classify(assets["clip"], Options(budget_gflops=0.03, top_k=3))
+    assert (out["config"]["frames"], out["config"]["pixels"]) == (8, 112)
+    assert len(out["labels"]) == 3 and out["budget"]["met"]
+    info = engine.probe(assets["clip"])
+    # time already spent counts: with the whole budget spent, nothing is feasible
+    plan = engine.plan(info, Options(budget_ms=1000), spent_ms=999.999)
+
+    def predicted_ms(key):
+        decode, _, pre, model = engine.predict(info, key)
+        return decode + pre + model
+    assert not plan.feasible and plan.config.key == min(engine.configs, key=predicted_ms)
+    with pytest.raises(BudgetInfeasible):
+        engine.refuse_if_strict(plan, Options(budget_ms=1000, strict=True))
+    # predictions follow observations: a 3x slower model is predicted 3x slower
+    key = (8, 112, 16)
+    before = engine.predict(info, key)[3]
+    for _ in range(3):
+        engine.corrector.observe_model(key, 3 * engine.configs[key].p50_ms,
+                                       engine.configs[key].p50_ms)
+    assert engine.predict(info, key)[3] == pytest.approx(3 * before, rel=1e-6)
+    with pytest.raises(BadParameters):
+        engine.candidates(Options(pixels=77))
+    view = engine.profile_view()
+    assert json.loads(json.dumps(view))["table"]["configs"]
+    assert not list((assets["root"] / "engine-tmp").glob("*"))  # the warm-up video is gone
+
+
+def test_engine_measures_and_caches_a_quick_profile_when_none_exists(assets, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(prof, "default_profile_path", lambda device=None: tmp_path / "none.json")
+    quick = eng.QuickProfile(frame_ratios=(0.5,), pixel_ratios=(0.5,), warmup=1, min_runs=1,
+                             min_seconds=0, max_runs=1, decode_seconds=0.1,
+                             decode_video_sides=(64,), decode_durations=(0.5,), decode_repeats=1)
+    settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True,
+                        cache=tmp_path / "cache", tmpdir=tmp_path / "up")
+    net = assets["net"]
+    table, source = eng.resolve_table(net, settings, torch.device("cpu"), quick)
+    assert "measured now" in source and table.decode_model is not None
+    assert {c.key for c in table.configs} == {(4, 56, 8), (4, 56, 16)}
+    again, source2 = eng.resolve_table(net, settings, torch.device("cpu"), quick)
+    assert "measured now" not in source2 and again.to_dict() == table.to_dict()
+    assert len(list((tmp_path / "cache" / "profiles").glob("*-quick.json"))) == 1
+
+
+class _FakeRequest:
+    """What the handler reads of a Starlette request."""
+
+    def __init__(self, body: bytes, headers: dict, query=()):
+        self.headers, self._body, self._query = headers, body, list(query)
+        self.query_params = self
+
+    def multi_items(self):
+        return self._query
+
+    async def stream(self):
+        yield self._body
+
+
+def test_handler_not_ready_and_unexpected_errors(tmp_path, assets):
+    from serving.handler import ClassifyHandler, Loader
+
+    settings = Settings(tmpdir=tmp_path / "up")
+    req = _FakeRequest(assets["clip_bytes"], {"content-type": "video/mp4"})
+    answer = asyncio.run(ClassifyHandler(Loader(settings), settings).handle(req))
+    assert answer.status == 503 and answer.body["code"] == "not_ready"
+    assert answer.headers["Retry-After"]
+
+    class Broken:
+        def engine(self):
+            return self
+
+        def probe(self, path):
+            raise RuntimeError("a bug")
+
+    answer = asyncio.run(ClassifyHandler(Broken(), settings).handle(req))
+    assert answer.status == 500 and "a bug" not in answer.body["error"]
+    assert list((tmp_path / "up").iterdir()) == []  # the upload was written, then removed
