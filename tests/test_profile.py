@@ -21,13 +21,8 @@ from video import probe
 TINY = dict(depth=1, embed_dim=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Another process may hold the cores: a spinning OpenMP team would make runs 100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread (tests/conftest.py): another process may hold the cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,21 +38,14 @@ from video.synthetic import CLASSES, encode_mp4, render_clip
 REPO = Path(__file__).resolve().parent.parent
 # BentoML's own dependencies warn about their dependencies (pathspec, pydantic): not ours
 pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`")]
+              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
+              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
 LABELS = ["left", "right", "up", "down"]
 # (frames, pixels, patch) -> accuracy: the most accurate is also the most expensive
 CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
 MAX_UPLOAD = 300_000
 MAX_INFLIGHT = 2
 START_TIMEOUT_S = 90
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- assets
