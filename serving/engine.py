@@ -180,8 +180,7 @@ def quick_decode_model(quick: QuickProfile, frames, pixels) -> dict:
 
 def measure_quick_profile(net, device, quick: QuickProfile, checkpoint: str) -> dict:
     cfg = net.config
-    frames = sorted({max(cfg.tubelet, round(cfg.num_frames * r)) for r in quick.frame_ratios})
-    pixels = sorted({max(1, round(cfg.img_size * r)) for r in quick.pixel_ratios})
+    frames, pixels = prof.default_axes(cfg, quick.frame_ratios, quick.pixel_ratios)
     configs, skipped = prof.make_grid(cfg, frames, pixels)
     if not configs:
         raise EngineError("the quick profile grid is empty for this model")

@@ -122,10 +122,11 @@ def default_profile_path(device=None) -> Path:
 
 
 # ----------------------------------------------------------------------------- the grid
-def default_axes(cfg: VideoMambaConfig) -> tuple[list[int], list[int]]:
-    """(frames, pixels) around the native configuration: T x {0.5,1,2,4}, P x {0.5,1,2}."""
-    frames = sorted({max(cfg.tubelet, round(cfg.num_frames * r)) for r in FRAME_RATIOS})
-    pixels = sorted({max(1, round(cfg.img_size * r)) for r in PIXEL_RATIOS})
+def default_axes(cfg: VideoMambaConfig, frame_ratios: Iterable[float] = FRAME_RATIOS,
+                 pixel_ratios: Iterable[float] = PIXEL_RATIOS) -> tuple[list[int], list[int]]:
+    """(frames, pixels) around the native configuration: T x {0.5,1,2,4}, P x {0.5,1,2} by default."""
+    frames = sorted({max(cfg.tubelet, round(cfg.num_frames * r)) for r in frame_ratios})
+    pixels = sorted({max(1, round(cfg.img_size * r)) for r in pixel_ratios})
     return frames, pixels
 
 
