@@ -1,5 +1,6 @@
 """Do a profile table's latencies hold? Re-measures every configuration of a table on this device
-and compares the fresh p50 with the table's (issue 4's target: within 15% for every one).
+and compares the fresh p50 with the table's (issue 4's target: within 15% for every one). Like
+the profiler, it times all configurations in interleaved rounds, so drift hits them alike.
 
     python benchmarks/profile_check.py                          # this device's table, profiles/<device>.json
     python benchmarks/profile_check.py --profile profiles/NAME.json --checkpoint CKPT --min-seconds 1
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, print_table, save  # noqa: E402
 from model import VideoMambaConfig, build_model, load_checkpoint  # noqa: E402
-from serving.profile import default_profile_path, measure, resolve_device  # noqa: E402
+from serving.profile import default_profile_path, measure_interleaved, resolve_device  # noqa: E402
 from serving.selector import ProfileTable  # noqa: E402
 
 TOLERANCE = 0.15
@@ -50,9 +51,11 @@ def main(argv=None):
         torch.set_num_threads(threads)  # compare like with like
     device = resolve_device(args.device)
     net = net.to(device).eval()
+    print(f"timing {len(table.configs)} configurations, interleaved ...", file=sys.stderr)
+    measured = measure_interleaved(net, [c.key for c in table.configs], 1, device, warmup=3,
+                                   min_runs=args.min_runs, min_seconds=args.min_seconds)
     rows = []
-    for c in table.configs:
-        fresh = measure(net, c.key, 1, device, warmup=3, min_runs=args.min_runs, min_seconds=args.min_seconds)
+    for c, fresh in zip(table.configs, measured):
         p50 = fresh["latency_ms"]["p50"]
         error = p50 / c.p50_ms - 1
         rows.append({"frames": c.frames, "pixels": c.pixels, "patch": c.patch, "table_p50_ms": c.p50_ms,

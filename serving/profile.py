@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import math
@@ -274,50 +275,110 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
         return None
 
 
+def _input(net, key: Key, batch: int, device: torch.device) -> torch.Tensor:
+    # Random input: the network has no data-dependent control flow, so values do not matter.
+    frames, pixels, _ = key
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, net.config.in_chans, frames, pixels, pixels, generator=gen).to(device)
+
+
+def _sync_fn(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def measure(net, key: Key, batch: int, device: torch.device, *, warmup: int = 3,
             min_runs: int = 30, min_seconds: float = 2.0, max_runs: int = 1000) -> dict:
     """{"latency_ms": summarize(...), "runs": n, "peak_memory_mb": m} of one configuration."""
-    frames, pixels, patch = key
-    # Random input: the network has no data-dependent control flow, so values do not matter.
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, net.config.in_chans, frames, pixels, pixels, generator=gen).to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    x, patch = _input(net, key, batch, device), key[2]
     with torch.inference_mode():
         def run():
             return net(x, patch=patch)
         times = time_runs(run, warmup=max(1, warmup), min_runs=min_runs,
-                          min_seconds=min_seconds, max_runs=max_runs, sync=sync)
+                          min_seconds=min_seconds, max_runs=max_runs, sync=_sync_fn(device))
         memory = peak_memory_mb(run, device)
     return {"latency_ms": summarize(times), "runs": len(times), "peak_memory_mb": memory}
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], *, warmup: int = 3, min_runs: int = 30,
+                     min_seconds: float = 2.0, max_runs: int = 1000, per_round: int = 3,
+                     sync: Callable[[], None] = lambda: None,
+                     on_round: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Milliseconds of each timed call of every fn, measured in rounds that visit every fn in turn
+    (`per_round` calls each), until each has `min_runs` calls and `min_seconds` of timed calls
+    (at most `max_runs`). A shared machine's speed drifts over minutes; timing one configuration
+    after another puts that drift between configurations, interleaving spreads it over all alike."""
+    if not 1 <= min_runs <= max_runs:
+        raise ValueError(f"need 1 <= min_runs <= max_runs, got {min_runs} and {max_runs}")
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    sync()
+    times: list[list[float]] = [[] for _ in fns]
+
+    def done(i: int) -> bool:
+        return len(times[i]) >= max_runs or (len(times[i]) >= min_runs and sum(times[i]) >= min_seconds * 1e3)
+
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a collection in the middle of a run is noise, not the model's latency
+    try:
+        rounds = 0
+        while not all(done(i) for i in range(len(fns))):
+            for i, fn in enumerate(fns):
+                for _ in range(per_round):
+                    if done(i):
+                        break
+                    t0 = time.perf_counter()
+                    fn()
+                    sync()
+                    times[i].append((time.perf_counter() - t0) * 1e3)
+            rounds += 1
+            if on_round is not None:
+                on_round(sum(done(i) for i in range(len(fns))))
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return times
+
+
+def measure_interleaved(net, keys: Sequence[Key], batch: int, device: torch.device, *, warmup: int = 3,
+                        min_runs: int = 30, min_seconds: float = 2.0, max_runs: int = 1000,
+                        on_round: Callable[[int], None] | None = None) -> list[dict]:
+    """measure() for many configurations at once, their runs interleaved (time_interleaved)."""
+    inputs = [(_input(net, key, batch, device), key[2]) for key in keys]
+    with torch.inference_mode():
+        runs = [functools.partial(net, x, patch=patch) for x, patch in inputs]
+        times = time_interleaved(runs, warmup=max(1, warmup), min_runs=min_runs, min_seconds=min_seconds,
+                                 max_runs=max_runs, sync=_sync_fn(device), on_round=on_round)
+        memory = [peak_memory_mb(run, device) for run in runs]
+    return [{"latency_ms": summarize(t), "runs": len(t), "peak_memory_mb": m} for t, m in zip(times, memory)]
 
 
 def profile_latency(net, configs: Sequence[Key], *, device=None, batch_sizes: Iterable[int] = (1,),
                     warmup: int = 3, min_runs: int = 30, min_seconds: float = 2.0,
                     max_runs: int = 1000, progress: Progress | None = None) -> list[dict]:
-    """One table entry per configuration (batch 1 at the top, larger batches under "batches")."""
+    """One table entry per configuration (batch 1 at the top, larger batches under "batches").
+    Every batch size is timed over all configurations at once, interleaved."""
     device = resolve_device(device)
     net = net.to(device).eval()
     cfg = net.config
     sizes = sorted(set(batch_sizes) | {1})
+    measured: dict[int, list[dict]] = {}
+    for j, b in enumerate(sizes):
+        def on_round(finished: int, b=b, j=j):
+            if progress is not None:
+                progress.update(j * len(configs) + finished, f"batch {b}: {finished}/{len(configs)} configurations")
+        on_round(0)
+        measured[b] = measure_interleaved(net, configs, b, device, warmup=warmup, min_runs=min_runs,
+                                          min_seconds=min_seconds, max_runs=max_runs, on_round=on_round)
     entries = []
-    for i, key in enumerate(configs):
-        frames, pixels, patch = key
+    for i, (frames, pixels, patch) in enumerate(configs):
         entry = {"frames": frames, "pixels": pixels, "patch": patch,
                  "tokens": count_tokens(cfg, frames, pixels, patch),
                  "gflops": count_flops(cfg, frames, pixels, patch)}
-        batches = {}
-        for b in sizes:
-            if progress is not None:
-                progress.update(i, f"{frames}f {pixels}px p{patch} batch {b}")
-            batches[b] = measure(net, key, b, device, warmup=warmup, min_runs=min_runs,
-                                 min_seconds=min_seconds, max_runs=max_runs)
-        entry.update(batches.pop(1))
+        entry.update(measured[1][i])
         entry["accuracy"] = None  # the Pareto benchmark fills it in
-        entry["batches"] = {str(b): m for b, m in batches.items()}
+        entry["batches"] = {str(b): measured[b][i] for b in sizes if b != 1}
         entries.append(entry)
-        if progress is not None:
-            progress.update(i + 1, f"{frames}f {pixels}px p{patch}: "
-                            f"p95 {entry['latency_ms']['p95']:.1f} ms")
     return entries
 
 
@@ -364,7 +425,7 @@ def build_table(net, configs: Sequence[Key], *, device=None, batch_sizes: Iterab
         raise ValueError("no configurations to profile")
     device = resolve_device(device)
     sizes = sorted(set(batch_sizes) | {1})
-    progress = Progress(len(configs), "configs", enabled=show_progress)
+    progress = Progress(len(configs) * len(sizes), "configs x batch sizes", enabled=show_progress)
     try:
         entries = profile_latency(net, configs, device=device, batch_sizes=sizes, warmup=warmup,
                                   min_runs=min_runs, min_seconds=min_seconds, max_runs=max_runs,

@@ -96,6 +96,22 @@ def test_time_runs_stops_at_min_runs_or_max_runs():
         prof.time_runs(lambda: None, min_runs=5, max_runs=4)
 
 
+def test_time_interleaved_visits_every_function_in_rounds():
+    trace = []
+    fns = [lambda i=i: trace.append(i) for i in range(3)]
+    rounds = []
+    times = prof.time_interleaved(fns, warmup=1, min_runs=4, min_seconds=0, max_runs=9, per_round=2,
+                                  on_round=rounds.append)
+    assert [len(t) for t in times] == [4, 4, 4]
+    # warm-up (one call each), then rounds of two calls per function: drift is shared by all
+    assert trace == [0, 1, 2] + [0, 0, 1, 1, 2, 2] * 2
+    assert rounds == [0, 3]
+    capped = prof.time_interleaved(fns[:2], warmup=0, min_runs=2, min_seconds=60, max_runs=5, per_round=3)
+    assert [len(t) for t in capped] == [5, 5]
+    with pytest.raises(ValueError):
+        prof.time_interleaved(fns, min_runs=5, max_runs=4)
+
+
 def test_summarize_percentiles():
     s = prof.summarize(list(range(1, 101)))  # 1..100 ms
     assert s["p50"] == 50.5
@@ -162,7 +178,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert meta["model"]["embed_dim"] == 96 and meta["max_tokens"] == 4 * 393
     assert all("2" in c.extra["batches"] for c in table.configs)
     captured = capsys.readouterr()
-    assert f"wrote {out}" in captured.out and "configs 2/2" in captured.err
+    assert f"wrote {out}" in captured.out and "4/4" in captured.err and "batch 2: 2/2 configurations" in captured.err
 
 
 @pytest.mark.parametrize("argv, message", [
