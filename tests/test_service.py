@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from serving.errors import BadParameters, BadRequest, BudgetInfeasible, PayloadT
 from serving.options import Options, parse_options
 from serving.selector import ProfileTable
 from serving.settings import Settings, SettingsError
+from serving.testing import ServerFailed, free_port, serve
 from serving.upload import FILE_MARKER, read_upload
 from video import errors as verr
 from video.synthetic import CLASSES, encode_mp4, render_clip
@@ -77,12 +77,6 @@ def assets(tmp_path_factory):
             "truncated": truncated, "text": text, "net": net}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server_env(assets, **extra) -> dict:
     root = assets["root"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
@@ -107,42 +101,14 @@ def _server_env(assets, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def server(assets):
-    port = _free_port()
-    log_path = assets["root"] / "server.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:StretchySnake",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=_server_env(assets), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n"
-                            + log_path.read_text(errors="replace")[-4000:])
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n"
-                            + log_path.read_text(errors="replace")[-4000:])
-            time.sleep(0.2)
-        with httpx.Client(base_url=url, timeout=30) as client:
-            yield {"url": url, "client": client, "log": log_path, "proc": proc}
-    finally:
-        with_pgid = proc.pid  # the session this test started (start_new_session=True)
-        if proc.poll() is None:
-            os.killpg(with_pgid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(with_pgid, signal.SIGKILL)
-                proc.wait(5)
-        log.close()
+        with serve(_server_env(assets), assets["root"] / "server.log",
+                   timeout_s=START_TIMEOUT_S) as running:
+            with httpx.Client(base_url=running.url, timeout=30) as client:
+                yield {"url": running.url, "client": client, "log": running.log,
+                       "proc": running.proc}
+    except ServerFailed as e:  # not ready: the exit status or the wait, and the log's tail
+        pytest.fail(str(e))
 
 
 def _classify(server, assets, query="", data=None, files=None, **kw):
@@ -415,7 +381,7 @@ def test_missing_bundled_checkpoint_stops_the_server_with_a_clear_message(assets
     del env["STRETCHYSNAKE_CHECKPOINT"]
     proc = subprocess.run([sys.executable, "-m", "bentoml", "serve",
                            "serving.service:StretchySnake", "--host", "127.0.0.1", "--port",
-                           str(_free_port())], cwd=REPO, env=env, capture_output=True,
+                           str(free_port())], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr

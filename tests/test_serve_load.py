@@ -1,0 +1,93 @@
+"""benchmarks/serve_load.py against the real `bentoml serve` process (issues 5 and 7): a few
+requests at concurrency 2, then a short soak with hostile uploads; the JSON it writes, and no
+5xx. The tiny model of tests/test_service.py (2 layers x 32 wide, 4 profiled configurations),
+clips of 16 frames at 64 px, one torch thread."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import serve_load  # noqa: E402
+from model import build_model, save_checkpoint  # noqa: E402
+from serving import profile as prof  # noqa: E402
+from serving.decode_cost import TERMS, DecodeModel  # noqa: E402
+from serving.testing import REPO, serve  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
+              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
+CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+BUDGETS = "ms:60000,gflops:0.03,none"
+
+
+def _server_env(root: Path, ckpt: Path, profile: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
+    (root / "tmp").mkdir()
+    env.update({"STRETCHYSNAKE_CHECKPOINT": str(ckpt), "STRETCHYSNAKE_PROFILE": str(profile),
+                "STRETCHYSNAKE_TMPDIR": str(root / "uploads"), "STRETCHYSNAKE_THREADS": "1",
+                "STRETCHYSNAKE_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1",
+                "TMPDIR": str(root / "tmp"), "BENTOML_HOME": str(root / "bentoml"),
+                "BENTOML_DO_NOT_TRACK": "True",
+                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
+    return env
+
+
+def test_load_and_soak_against_the_real_server(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("nano", num_classes=4, depth=2, embed_dim=32).eval()
+    ckpt = save_checkpoint(net, tmp_path / "ckpt", labels=["left", "right", "up", "down"])
+    decode = DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
+    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
+                             max_runs=2, decode_model=decode, show_progress=False)
+    for c in table["configs"]:
+        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
+    profile = prof.write_table(table, tmp_path / "profile.json")
+    out = tmp_path / "results"
+    clips = ["--clips", "2", "--clip-size", "64", "--clip-frames", "16", "--budgets", BUDGETS,
+             "--out-dir", str(out)]
+
+    with serve(_server_env(tmp_path, ckpt, profile), tmp_path / "server.log") as server:
+        assert serve_load.main(["--url", server.url, "--concurrency", "2", "--requests", "6",
+                                "--warmup", "1", *clips]) == 0
+        serve_load.main(["--url", server.url, "--soak", "3", "--concurrency", "2",
+                         "--hostile", "0.4", "--server-pid", str(server.proc.pid),
+                         "--server-tmpdir", str(tmp_path / "uploads"), "--no-plot", *clips])
+
+    load = json.loads((out / "serve_load.json").read_text())
+    assert load["mode"] == "load" and load["budgets"] == BUDGETS.split(",")
+    assert (out / "serve_load.png").stat().st_size > 0
+    [level] = load["levels"]
+    assert level["concurrency"] == 2 and level["all"]["requests"] == 6
+    assert level["all"]["ok"] == 6 and level["all"]["errors_by_status"] == {}
+    rows = {r["budget"]: r for r in level["budgets"]}
+    assert list(rows) == BUDGETS.split(",") and all(r["requests"] == 2 for r in rows.values())
+    for r in rows.values():
+        assert set(r["client_ms"]) == {"p50", "p95", "p99"} and r["client_ms"]["p50"] > 0
+        assert r["server_total_ms"]["p50"] > 0 and r["overhead_ms_p50"] >= 0
+    # 60 s and 0.03 GFLOPs are feasible for the tiny model and met; no budget: no hit rate
+    assert rows["ms:60000"]["hit_rate"] == 1 and rows["gflops:0.03"]["hit_rate"] == 1
+    assert rows["gflops:0.03"]["configs"] == {"8x112/16": 2}
+    assert rows["none"]["hit_rate"] is None and rows["none"]["configs"] == {"16x112/16": 2}
+    assert load["tmp_files_left"] is None  # --url without --server-tmpdir: unknown
+
+    soak = json.loads((out / "serve_soak.json").read_text())
+    assert soak["mode"] == "soak" and soak["concurrency"] == 2
+    assert soak["status_5xx"] == 0 and soak["checks"]["no_5xx"]
+    assert soak["valid"]["requests"] > 0 and soak["valid"]["errors_by_status"] == {}
+    hostile = soak["hostile"]
+    assert hostile["requests"] >= len(serve_load.HOSTILE_KINDS)  # every kind at least once
+    for kind in ("empty", "text", "truncated", "bitflip"):
+        statuses = hostile["by_kind"][kind]
+        assert statuses and all(400 <= int(s) < 500 for s in statuses), (kind, statuses)
+    assert soak["tmp_files_left"] == [] and soak["checks"]["no_temp_files_left"]
+    rss = soak["rss_mb"]
+    assert rss["samples"] and rss["max"] >= rss["start"] > 50
+    assert {r["budget"] for r in soak["budgets"]} == set(BUDGETS.split(","))
+    assert all(r["client_ms"]["p99"] is None or r["client_ms"]["p99"] > 0 for r in soak["budgets"])
+    assert "Traceback" not in (tmp_path / "server.log").read_text(errors="replace")
