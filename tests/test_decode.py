@@ -327,6 +327,22 @@ def test_not_a_video(tmp_path):
             decode_frames(source, 4)
 
 
+@pytest.mark.parametrize("codec,pix_fmt", [("png", "rgb24"), ("mjpeg", "yuvj420p")])
+def test_a_still_image_is_not_a_video(codec, pix_fmt):
+    """FFmpeg opens a PNG or JPEG as a one-frame stream; a video service must refuse it."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="image2pipe") as out:
+        stream = out.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, pix_fmt
+        frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 90, np.uint8), format="rgb24")
+        for packet in [*stream.encode(frame.reformat(format=pix_fmt)), *stream.encode()]:
+            out.mux(packet)
+    with pytest.raises(NotAVideo, match="still image"):
+        probe(buf.getvalue())
+    with pytest.raises(NotAVideo, match="still image"):
+        decode_frames(buf.getvalue(), 4)
+
+
 @pytest.mark.parametrize("codec,ext", [("aac", "mp4"), ("mp2", "mkv")])
 def test_audio_only_has_no_video_stream(tmp_path, codec, ext):
     path = write_audio(tmp_path / f"audio.{ext}", codec=codec)

@@ -82,9 +82,10 @@ def test_load_and_soak_against_the_real_server(tmp_path):
     assert soak["valid"]["requests"] > 0 and soak["valid"]["errors_by_status"] == {}
     hostile = soak["hostile"]
     assert hostile["requests"] >= len(serve_load.HOSTILE_KINDS)  # every kind at least once
-    for kind in ("empty", "text", "truncated", "bitflip"):
+    for kind in serve_load.HOSTILE_KINDS:
         statuses = hostile["by_kind"][kind]
         assert statuses and all(400 <= int(s) < 500 for s in statuses), (kind, statuses)
+    assert hostile["not_4xx"] == {} and soak["checks"]["hostile_all_4xx"]
     assert soak["tmp_files_left"] == [] and soak["checks"]["no_temp_files_left"]
     rss = soak["rss_mb"]
     assert rss["samples"] and rss["max"] >= rss["start"] > 50

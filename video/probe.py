@@ -82,6 +82,9 @@ def check_limits(info: VideoInfo, limits: Limits) -> None:
 
 def video_stream(container) -> av.video.stream.VideoStream:
     """The container's main video stream (cover art and other still pictures are not video)."""
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's single-image demuxers: png_pipe, jpeg_pipe, ...
+        raise NotAVideo(f"the input is a still image ({fmt.removesuffix('_pipe')}), not a video")
     streams = [s for s in container.streams.video
                if not s.disposition & av.stream.Disposition.attached_pic]
     if not streams:
