@@ -122,6 +122,19 @@ def test_render_clip_pure(name):
     assert np.array_equal(clip, S.render_clip(name, np.random.default_rng(5), 48, 6))
 
 
+@pytest.mark.parametrize("name", ["orbit_cw", "seq_move_spin_grow", "grow", "move_nw"])
+def test_rendering_chosen_instants_draws_those_frames_of_the_whole_clip(name):
+    """Training renders only the frames it samples: they must be the encoded clip's frames (same
+    path, start and shift back into the frame), up to the per-pixel noise (clutter 0 mutes it)."""
+    whole = S.render_clip(name, np.random.default_rng(2), 64, 64, clutter=0)
+    picked = [3, 20, 41, 63]
+    some = S.render_clip(name, np.random.default_rng(2), 64, clutter=0, times=np.array(picked) / 63)
+    assert some.shape == (4, 64, 64, 3)
+    assert np.array_equal(some, whole[picked])
+    with pytest.raises(ValueError, match="fractions"):
+        S.render_clip(name, np.random.default_rng(2), 64, times=[0.5, 1.5])
+
+
 def test_first_frame_does_not_depend_on_class():
     """Same random stream, different classes: the background, distractors and the actor's look
     come first from the stream, so frame 0 differs only where the actor is."""

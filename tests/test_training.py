@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training import train as train_mod
-from training.data import load_samples
+from training.data import RenderedClips, load_samples
 from training.variants import VARIANTS, ConfigSampler
 from model import VideoMambaConfig
 
@@ -96,6 +96,37 @@ def test_a_training_step_of_every_variant(dataset, tmp_path, variant):
                               "--sizes", "24,32,48", "--frames", "2,4", *TINY])
     assert len(history) == 1 and np.isfinite(history[0]["loss"]) and "val_top1_native" in history[0]
     assert {p.name for p in tmp_path.iterdir()} >= {"model.safetensors", "config.json", "labels.json", "train_state.pt"}
+
+
+def test_rendered_clips_are_fresh_balanced_and_preprocessed():
+    from video import synthetic
+    classes = list(synthetic.CLASSES[:3])
+    data = RenderedClips(classes, clips_per_epoch=6, seed=1)
+    clip, label = data[(4, 4, 32, 0)]
+    assert clip.shape == (3, 4, 32, 32) and clip.dtype == torch.float32 and int(label) == 1
+    assert [int(data[(i, 2, 16, 0)][1]) for i in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert torch.equal(clip, data[(4, 4, 32, 0)][0])  # a pure function of its key
+    assert not torch.equal(clip, data[(4, 4, 32, 1)][0])  # a new clip every epoch
+    assert abs(float(clip.mean())) < 3  # normalised like decoded clips
+    with pytest.raises(ValueError, match="synthetic benchmark"):
+        RenderedClips(["walking"], clips_per_epoch=4)
+
+
+def test_training_on_rendered_clips(dataset, tmp_path):
+    from video import synthetic
+    manifest = tmp_path / "manifest.csv"  # the synthetic classes, val split from real files
+    rows = (dataset / "manifest.csv").read_text().splitlines()
+    names = {}
+    with manifest.open("w") as f:
+        f.write(rows[0] + "\n")
+        for row in rows[1:]:
+            path, label, split = row.split(",")
+            names.setdefault(label, synthetic.CLASSES[len(names)])
+            f.write(f"{dataset / path},{names[label]},{split}\n")
+    history = train_mod.main(["--flex", "static_tokens", "--data", str(manifest), "--out", str(tmp_path / "ckpt"),
+                              "--render", "8", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                              "--sizes", "24,32", "--frames", "2,4", *TINY])
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and "val_top1_native" in history[0]
 
 
 def test_resume_continues(dataset, tmp_path):

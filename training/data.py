@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from video import Limits, decode_frames, load_clip, preprocess, probe, sample_times
+from video import synthetic
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
 
@@ -134,3 +135,39 @@ class ClipDataset(Dataset):
             self.cache[index] = (info.duration_s, decode_frames(path, count, times=every, info=info,
                                                                 limits=self.limits))
         return self.cache[index]
+
+
+class RenderedClips(Dataset):
+    """The synthetic benchmark's classes rendered on the fly: a new clip for every (index, epoch),
+    so a from-scratch model never sees the same clip twice. Keyed like ClipDataset; index i is
+    of class i mod len(classes) (balanced). The frames are drawn at the instants that sparse
+    decoding of a generated clip would show (video.sampling's segments, on its frame grid) at the
+    generator's native size, then go through the same preprocess: only H.264's compression
+    differs from what evaluation on the encoded clips sees. Streams are seeded by (salt, seed,
+    epoch, index), apart from the generator's (seed, clip) streams."""
+
+    SALT = 0x5EED
+
+    def __init__(self, classes: list[str], clips_per_epoch: int, seed: int = 0,
+                 size: int = synthetic.NATIVE, clip_frames: int = 64, clutter: float = 1.0):
+        unknown = sorted(set(classes) - set(synthetic.CLASSES))
+        if unknown:
+            raise ValueError(f"cannot render classes that are not the synthetic benchmark's: {unknown}")
+        if clips_per_epoch < 1:
+            raise ValueError(f"clips_per_epoch must be positive, not {clips_per_epoch}")
+        self.classes, self.clips_per_epoch, self.seed = classes, clips_per_epoch, seed
+        self.size, self.clip_frames, self.clutter = size, clip_frames, clutter
+
+    def __len__(self):
+        return self.clips_per_epoch
+
+    def __getitem__(self, key):
+        index, frames, pixels, *epoch = key
+        rng = np.random.default_rng((self.SALT, self.seed, *epoch, index))
+        label = index % len(self.classes)
+        # the frame each sampled instant lands on in an encoded clip of clip_frames frames
+        shown = np.minimum((sample_times(1.0, frames, "train", rng) * self.clip_frames).astype(int),
+                           self.clip_frames - 1)
+        clip = synthetic.render_clip(self.classes[label], rng, self.size, clutter=self.clutter,
+                                     times=shown / (self.clip_frames - 1))
+        return preprocess(clip, pixels), torch.tensor(label)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from model import build_model, load_checkpoint, save_checkpoint
 
-from .data import ClipDataset, load_samples
+from .data import ClipDataset, RenderedClips, load_samples
 from .evaluate import top1
 from .variants import VARIANTS, ConfigSampler
 
@@ -61,6 +61,9 @@ def parse_args(argv=None):
                     help="auto: bf16 autocast on a GPU that has it, off on the CPU")
     ap.add_argument("--workers", type=int, default=1, help="decoding processes per rank")
     ap.add_argument("--cache", action="store_true", help="decode each training video once and keep its frames in memory")
+    ap.add_argument("--render", type=int, metavar="N",
+                    help="synthetic benchmark only: train on N new clips per epoch rendered on the fly "
+                         "instead of the train split's videos (validation still decodes the val split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
@@ -124,12 +127,18 @@ class _EpochBatches:
         return len(self.batches)
 
 
-class _Keyed(ClipDataset):
-    """ClipDataset that also hands back the batch's patch size."""
+class _WithPatch(torch.utils.data.Dataset):
+    """A dataset keyed by (index, frames, pixels, epoch) that also hands back the batch's patch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
 
     def __getitem__(self, key):
         index, frames, pixels, patch, epoch = key
-        clip, label = super().__getitem__((index, frames, pixels, epoch))
+        clip, label = self.dataset[(index, frames, pixels, epoch)]
         return clip, label, patch
 
 
@@ -211,8 +220,11 @@ def main(argv=None):
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank)
-    dataset = _Keyed(train, classes, mode="train", seed=args.seed, cache=args.cache)
-    steps_per_epoch = len(batch_starts(len(train), args.batch_size, world)[rank::world])
+    if args.render:
+        dataset = _WithPatch(RenderedClips(classes, args.render, seed=args.seed))
+    else:
+        dataset = _WithPatch(ClipDataset(train, classes, mode="train", seed=args.seed, cache=args.cache))
+    steps_per_epoch = len(batch_starts(len(dataset), args.batch_size, world)[rank::world])
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
     total_steps = steps_per_epoch * args.epochs
@@ -227,12 +239,13 @@ def main(argv=None):
         start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
         sampler.rng.setstate(_tuple(json.loads(state["sampler_rng"])))
     if rank == 0:
-        print(f"training {args.flex} on {len(train)} clips ({len(classes)} classes), {world} process(es) on {device}, "
+        source = f"{args.render} rendered clips per epoch" if args.render else f"{len(train)} clips"
+        print(f"training {args.flex} on {source} ({len(classes)} classes), {world} process(es) on {device}, "
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs; frames {sampler.frames}, sizes {sampler.sizes}",
               file=sys.stderr)
 
     for epoch in range(start_epoch, args.epochs):
-        batches = batches_for_epoch(len(train), args.batch_size, sampler, epoch, args.seed, rank, world)[:steps_per_epoch]
+        batches = batches_for_epoch(len(dataset), args.batch_size, sampler, epoch, args.seed, rank, world)[:steps_per_epoch]
         if epoch == start_epoch or args.workers == 0 or not args.cache:
             # with a cache, the same worker processes live on across epochs to keep it
             loader = DataLoader(dataset, batch_sampler=_EpochBatches(dataset, batches), num_workers=args.workers,

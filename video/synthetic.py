@@ -62,6 +62,8 @@ from fractions import Fraction
 import numpy as np
 
 NATIVE = 128  # spatial constants below are pixels at this frame size
+# The actor's size and every distance it travels, relative to the constants written below.
+ACTOR_SCALE = 1.0
 
 DIRECTIONS = {"e": 0, "ne": 45, "n": 90, "nw": 135, "w": 180, "sw": 225, "s": 270, "se": 315}
 SHORT_CLASSES = tuple(f"move_{d}" for d in DIRECTIONS) + (
@@ -116,14 +118,14 @@ def actor_track(class_name: str, rng: np.random.Generator, t: np.ndarray, k: flo
     name = class_name
     if name.startswith("move_"):
         a = np.deg2rad(DIRECTIONS[name[5:]] + rng.uniform(-10, 10))
-        r = _ramp(t, rng.uniform(0.0, 0.1), rng.uniform(0.9, 1.0)) * rng.uniform(36, 44) * k
+        r = _ramp(t, rng.uniform(0.0, 0.1), rng.uniform(0.9, 1.0)) * rng.uniform(36, 44) * k * ACTOR_SCALE
         dx, dy = r * np.cos(a), -r * np.sin(a)  # screen y points down; "n" is up
     elif name in ("rotate_cw", "rotate_ccw"):
         sign = 1.0 if name == "rotate_cw" else -1.0
         ang = sign * 2 * np.pi * rng.uniform(0.3, 0.45) * t
     elif name in ("orbit_cw", "orbit_ccw"):
         sign = 1.0 if name == "orbit_cw" else -1.0
-        radius = rng.uniform(16, 20) * k
+        radius = rng.uniform(16, 20) * k * ACTOR_SCALE
         phi = rng.uniform(0, 2 * np.pi) + sign * 2 * np.pi * rng.uniform(0.45, 0.65) * t
         dx, dy = radius * np.cos(phi), radius * np.sin(phi)  # y down: increasing phi is clockwise
     elif name in ("grow", "shrink"):
@@ -142,7 +144,7 @@ def actor_track(class_name: str, rng: np.random.Generator, t: np.ndarray, k: flo
             r = _ramp(t, a0, a1)
             if step == "move":
                 a = rng.uniform(0, 2 * np.pi)
-                dist = rng.uniform(32, 40) * k
+                dist = rng.uniform(32, 40) * k * ACTOR_SCALE
                 dx = dx + dist * r * np.cos(a)
                 dy = dy + dist * r * np.sin(a)
             elif step == "spin":
@@ -227,8 +229,10 @@ def _draw_object(canvas, pad, x, y, ang, length, vis, shape, body, head, alpha, 
         region += (colour[j] - region) * a
 
 
-def _background(rng, size, frames, k, clutter=1.0):
-    """(T, size, size, 3) float32: low-frequency texture and faint shapes, panning slowly."""
+def _background(rng, size, t, k, clutter=1.0):
+    """(len(t), size, size, 3) float32: low-frequency texture and faint shapes, panning slowly
+    (t: the instants drawn, fractions of the clip)."""
+    frames = len(t)
     pan = rng.uniform(0, 8) * k * clutter
     pan_dir = rng.uniform(0, 2 * np.pi)
     margin = int(math.ceil(pan)) + 2
@@ -252,7 +256,6 @@ def _background(rng, size, frames, k, clutter=1.0):
             d = np.maximum(np.abs(px), np.abs(py) * rng.uniform(0.5, 2)) - r
         a = np.clip(0.5 - d, 0, 1) * min(1.0, rng.uniform(0.05, 0.15) * clutter)
         tex += (col - tex) * a[..., None]
-    t = np.linspace(0.0, 1.0, frames)
     ox = margin + (t - 0.5) * pan * np.cos(pan_dir)
     oy = margin + (t - 0.5) * pan * np.sin(pan_dir)
     out = np.empty((frames, size, size, 3), np.float32)
@@ -266,20 +269,40 @@ def _background(rng, size, frames, k, clutter=1.0):
     return out
 
 
+FULL_CLIP = np.linspace(0.0, 1.0, 64)  # the instants of an encoded clip at the default length
+
+
+def _twin(rng: np.random.Generator) -> np.random.Generator:
+    """A generator that will draw what `rng` draws next (rng itself is left untouched)."""
+    twin = np.random.Generator(type(rng.bit_generator)())
+    twin.bit_generator.state = rng.bit_generator.state
+    return twin
+
+
 def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, frames: int = 64,
-                clutter: float = 1.0) -> np.ndarray:
+                clutter: float = 1.0, times=None) -> np.ndarray:
     """One clip of ``class_name`` as uint8 (frames, size, size, 3) RGB; a pure function of its
     arguments (it only draws from ``rng``). ``clutter`` scales the background contrast, pan,
-    distractor opacity and noise without changing what is drawn from ``rng``."""
+    distractor opacity and noise without changing what is drawn from ``rng``. ``times``: the
+    instants to draw, as fractions of the clip in [0, 1] (default: ``frames`` evenly spaced from
+    0 to 1, the frames of an encoded clip); training renders just the frames it samples."""
     if class_name not in FAMILY:
         raise ValueError(f"unknown class {class_name!r}; known: {', '.join(CLASSES)}")
-    if size < 16 or frames < 2:
-        raise ValueError(f"size must be >= 16 and frames >= 2, got size={size}, frames={frames}")
+    if times is None:
+        if frames < 2:
+            raise ValueError(f"frames must be >= 2, got {frames}")
+        t = np.linspace(0.0, 1.0, frames)
+    else:
+        t = np.asarray(times, dtype=np.float64)
+        if t.ndim != 1 or len(t) < 1 or t.min() < 0 or t.max() > 1:
+            raise ValueError("times must be a non-empty 1-D sequence of fractions in [0, 1]")
+        frames = len(t)
+    if size < 16:
+        raise ValueError(f"size must be >= 16, got {size}")
     k = size / NATIVE
-    t = np.linspace(0.0, 1.0, frames)
     # Everything below is drawn in the same order for every class, so that the class-independent
     # parts (background, distractors, actor look) have the same distribution for every class.
-    bg = _background(rng, size, frames, k, clutter)
+    bg = _background(rng, size, t, k, clutter)
     pad = int(math.ceil(48 * k)) + 4
     canvas = np.zeros((frames, size + 2 * pad, size + 2 * pad, 3), np.float32)
     canvas[:, pad:pad + size, pad:pad + size] = bg
@@ -297,18 +320,21 @@ def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, fram
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     body, head = _two_tone(rng)
     outline_rgb = _hsv(rng.uniform(), 0.3, rng.uniform(0.0, 0.12))
-    base_len = rng.uniform(20, 26) * k
+    base_len = rng.uniform(20, 26) * k * ACTOR_SCALE
     base_ang = rng.uniform(0, 2 * np.pi)
+    # The path's start and extent are those of the whole clip, whichever instants are drawn.
+    whole = _twin(rng)
     track = actor_track(class_name, rng, t, k)
+    path = actor_track(class_name, whole, FULL_CLIP, k) if times is not None else track
     length = base_len * np.exp(track["logs"])
     # First-frame position from one class-independent distribution (centre +-14% of the frame);
     # only if a path would leave the frame is it shifted back in (rare: the long moves + grow).
-    margin = SHAPE_RADIUS * float(length.max()) + 2 * k + 1
+    margin = SHAPE_RADIUS * float(base_len * np.exp(path["logs"]).max()) + 2 * k + 1
     pos = []
-    for d in (track["dx"], track["dy"]):
-        d = d - d[0]
+    for d, d_path in ((track["dx"], path["dx"]), (track["dy"], path["dy"])):
+        d, d_path = d - d_path[0], d_path - d_path[0]
         start = size * rng.uniform(0.36, 0.64)
-        lo, hi = margin - d.min(), size - margin - d.max()
+        lo, hi = margin - d_path.min(), size - margin - d_path.max()
         pos.append(d + (min(max(start, lo), hi) if hi > lo else 0.5 * (lo + hi)))
     _draw_object(canvas, pad, pos[0], pos[1], base_ang + track["ang"], length, track["vis"], shape,
                  body, head, 1.0, 1.5 * k, outline_rgb)
