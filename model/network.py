@@ -114,6 +114,8 @@ class BiMambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         if _use_fused_cpu(hidden, self):
             return self.out_proj(self._fused_cpu(x, z, order).to(hidden.dtype))
+        if _use_triton(hidden):
+            return self.out_proj(_fused_triton(self, x, z, order))
         y = self._direction(x, z, "")
         y_b = torch.empty_like(y)
         y_b[:, order] = self._direction(x[:, order], z[:, order], "_b")
@@ -142,6 +144,30 @@ def _use_fused_cpu(hidden: torch.Tensor, mixer: nn.Module) -> bool:
     if torch.is_grad_enabled() and (hidden.requires_grad or mixer.in_proj.weight.requires_grad):
         return False
     return pick_backend(hidden) == "cpu"
+
+
+def _use_triton(hidden: torch.Tensor) -> bool:
+    """The Triton path (CUDA tensors by default, or STRETCHYSNAKE_SCAN=triton, which also runs on
+    CPU tensors under TRITON_INTERPRET=1); float64 stays on the reference."""
+    return hidden.dtype != torch.float64 and pick_backend(hidden) == "triton"
+
+
+def _fused_triton(mixer: BiMambaMixer, x: torch.Tensor, z: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Both directions on the Triton kernels, forward and backward: one launch for the two causal
+    convs (the backward one along `order`, outputs at the tokens' own positions), the x/dt
+    projections as usual, one launch for both scans, gated and summed. Nothing is permuted."""
+    from .scan import triton as triton_scan
+    conv_f, a_f, skip_f, bias_f = mixer._weights("")
+    conv_b, a_b, skip_b, bias_b = mixer._weights("_b")
+    xc_f, xc_b = triton_scan.conv_silu_pair(x, conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias, order)
+    inputs = []
+    for xc, suffix in ((xc_f, ""), (xc_b, "_b")):
+        delta, b_mat, c_mat = mixer._ssm_inputs(xc, suffix)
+        inputs.append([t.transpose(1, 2) for t in (xc, delta, b_mat, c_mat)])
+    (u_f, d_f, b_f, c_f), (u_b, d_b, b_b, c_b) = inputs
+    y = triton_scan.bidirectional_scan(u_f, d_f, a_f, b_f, c_f, skip_f, bias_f, u_b, d_b, a_b, b_b, c_b, skip_b,
+                                       bias_b, z.transpose(1, 2), order)
+    return y.transpose(1, 2)
 
 
 class Block(nn.Module):

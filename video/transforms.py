@@ -46,7 +46,11 @@ def preprocess(frames, pixels: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
     """(T, H, W, 3) uint8 RGB frames (numpy or torch) -> (3, T, pixels, pixels) float32.
 
     Resizes the short side to `pixels` if it is not already (bilinear, antialiased), crops the
-    centre, scales to [0, 1] and normalises with `mean`/`std` (ImageNet by default)."""
+    centre, scales to [0, 1] and normalises with `mean`/`std` (ImageNet by default). CUDA
+    tensors take one fused Triton pass (video.gpu_preprocess), equal within float rounding."""
+    if isinstance(frames, torch.Tensor) and frames.is_cuda:
+        from .gpu_preprocess import preprocess_triton
+        return preprocess_triton(frames, pixels, mean, std)
     video = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) \
         else torch.as_tensor(frames)
     if video.ndim != 4 or video.shape[-1] != 3:

@@ -54,3 +54,25 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         out = out * F.silu(z.to(work))
     out = out.to(dtype_in)
     return (out, h) if return_last_state else out
+
+
+def bidirectional_scan_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b,
+                           delta_bias_b, z=None, order=None, delta_softplus=True):
+    """The fused bidirectional op (model.scan.triton.bidirectional_scan) composed from the scan:
+    every tensor indexed by token position; the backward direction visits tokens order[0],
+    order[1], ... (None: reversed) and its output lands at each token's position; the two
+    outputs are summed, then gated once: (scan_f + scan_b) * silu(z)."""
+    length = u_f.shape[-1]
+    order = torch.arange(length - 1, -1, -1) if order is None else order.cpu()
+    order = order.to(u_f.device)
+    y_f = selective_scan_ref(u_f, delta_f, A_f, B_f, C_f, D_f, None, delta_bias_f, delta_softplus)
+    scanned = selective_scan_ref(u_b[..., order], delta_b[..., order], A_b, B_b[..., order], C_b[..., order], D_b,
+                                 None, delta_bias_b, delta_softplus)
+    y_b = torch.empty_like(scanned)
+    y_b[..., order] = scanned
+    dtype = u_f.dtype
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    out = y_f.to(work) + y_b.to(work)
+    if z is not None:
+        out = out * F.silu(z.to(work))
+    return out.to(dtype)
