@@ -16,6 +16,10 @@ SCAN_ORDERS = ("spatial_first", "temporal_first")
 # How a fresh model's positional embeddings start: VideoMamba's truncated normal (std 0.02), or
 # fixed-frequency sin-cos tables at unit scale, which a from-scratch model binds to content sooner.
 POS_INITS = ("trunc_normal", "sincos")
+# What the head reads: the cls token (VideoMamba), or the mean of the patch tokens after the final
+# norm. With cls first in the sequence only the backward scan reaches it, and a fresh model's
+# decaying state shows it mostly the first frame; the mean sees every token from the first step.
+POOLS = ("cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class VideoMambaConfig:
     scan_order: str = "spatial_first"
     patch_resize: str = "pinv"  # FlexiViT pseudo-inverse resize, or plain bicubic
     pos_init: str = "trunc_normal"  # only affects a fresh init; loaded weights overwrite it
+    pool: str = "cls"
     norm_eps: float = 1e-5
     drop_path_rate: float = 0.0
 
@@ -53,6 +58,8 @@ class VideoMambaConfig:
             problems.append(f"backward_order={self.backward_order!r} (choose from {BACKWARD_ORDERS})")
         if self.pos_init not in POS_INITS:
             problems.append(f"pos_init={self.pos_init!r} (choose from {POS_INITS})")
+        if self.pool not in POOLS:
+            problems.append(f"pool={self.pool!r} (choose from {POOLS})")
         if self.scan_order not in SCAN_ORDERS:
             problems.append(f"scan_order={self.scan_order!r} (choose from {SCAN_ORDERS})")
         elif self.scan_order == "temporal_first" and self.backward_order != "reverse":

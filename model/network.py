@@ -321,7 +321,8 @@ class VideoMamba(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def features(self, video: torch.Tensor, patch: int | None = None) -> torch.Tensor:
-        """(B, 3, T, H, W) normalised video -> (B, C) cls features after the final norm."""
+        """(B, 3, T, H, W) normalised video -> (B, C) features after the final norm: the cls
+        token's, or the patch tokens' mean (config.pool)."""
         patch = self.config.patch_size if patch is None else patch
         self._check_input(video, patch)
         grid = self.token_grid(video.shape, patch)
@@ -334,6 +335,8 @@ class VideoMamba(nn.Module):
         residual = x.float()
         for layer in self.layers:
             residual = layer(residual, order)
+        if self.config.pool == "mean":
+            return self.norm_f(residual[:, 1:]).mean(dim=1)
         return self.norm_f(residual[:, 0])
 
     def forward(self, video: torch.Tensor, patch: int | None = None) -> torch.Tensor:

@@ -177,6 +177,23 @@ def test_temporal_first_scan_order():
         VideoMambaConfig(scan_order="temporal_first", backward_order="reverse_frames")
 
 
+def test_mean_pool_reads_every_patch_token():
+    cls_net, mean_net = small_net().eval(), small_net(pool="mean").eval()
+    mean_net.load_state_dict(cls_net.state_dict())  # same parameters: pooling adds none
+    seen = {}
+    for name, net in (("cls", cls_net), ("mean", mean_net)):
+        net.norm_f.register_forward_hook(lambda module, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+    clip = torch.randn(2, 3, 4, 64, 64)
+    with torch.no_grad():
+        cls_features, mean_features = cls_net.features(clip), mean_net.features(clip)
+    residual, normed = seen["mean"]
+    assert residual.shape == (2, 4 * 4 * 4, 32)  # the patch tokens, without cls
+    assert torch.allclose(mean_features, normed.mean(1))
+    assert seen["cls"][0].shape == (2, 32) and not torch.allclose(cls_features, mean_features)
+    with pytest.raises(ValueError, match="pool"):
+        VideoMambaConfig(pool="max")
+
+
 def test_training_after_inference_at_the_same_grid():
     net = small_net()
     video = torch.randn(2, 3, 3, 48, 48)  # a grid no other test uses, so the order cache is cold
