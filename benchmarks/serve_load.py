@@ -131,23 +131,17 @@ def dataset_clips(manifest: Path, split: str, limit: int | None) -> list[Upload]
 
 
 def hostile_uploads(directory: Path, clip: bytes) -> list[Upload]:
-    """One upload per hostile kind, written to `directory` (kept for a look afterwards)."""
-    from video.synthetic import write_png
+    """One upload per hostile kind, written to `directory` (kept for a look afterwards); made
+    as video.corpus makes them (tests/test_hostile.py sends its whole corpus)."""
+    from video.corpus import bit_flips, still_image
 
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(7)
-    flipped = bytearray(clip)
     # a flipped bit every ~400 bytes, the container's tables at the end included
-    for pos in rng.choice(len(flipped), max(8, len(flipped) // 400), replace=False):
-        flipped[pos] ^= 1 << int(rng.integers(0, 8))
-    png = directory / "frame.png"
-    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    write_png(str(png), image)
     made = {"empty": ("empty.mp4", b""),
             "text": ("notes.mp4", b"this is a text file, not a video\n" * 40),
             "truncated": ("truncated.mp4", clip[:len(clip) // 2]),
-            "bitflip": ("bitflip.mp4", bytes(flipped)),
-            "png": ("frame.png", png.read_bytes())}
+            "bitflip": ("bitflip.mp4", bit_flips(clip, every=400, seed=7)),
+            "png": ("frame.png", still_image("png", "rgb24"))}
     out = []
     for kind in HOSTILE_KINDS:
         name, data = made[kind]

@@ -26,6 +26,11 @@ predicted time from now to the end, which is what the budget bounds.
 
 Infeasible budgets: the cheapest configuration runs and `budget.met` is false, or, with
 `strict`, `BudgetInfeasible` (422) names the smallest budget that would have been feasible.
+
+Decoding (probe and decode) goes through `engine.decoder`: by default a `video.isolation.DecodePool`
+whose child processes are killed past `max_decode_s` and limited in memory, so that a hostile
+file cannot hang or exhaust the worker; `STRETCHYSNAKE_DECODE_ISOLATION=inline` decodes in the
+worker. `max_decode_s` bounds a request's decoding as a whole: decode gets what the probe left.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import statistics
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +53,8 @@ import torch
 
 from model import CheckpointError, count_flops, load_checkpoint
 from model.flops import tokens as count_tokens
-from video import DecodeStats, Limits, VideoInfo, decode_frames, preprocess, probe
+from video import DecodeStats, Limits, VideoInfo, preprocess
+from video.isolation import InlineDecoder, make_decoder
 
 from . import profile as prof
 from .correction import LatencyCorrector
@@ -263,7 +270,8 @@ def video_dict(info: VideoInfo) -> dict:
 class Engine:
     def __init__(self, net, labels: list[str], table: ProfileTable, decode_model: DecodeModel,
                  *, device: torch.device, limits: Limits, source: str = "",
-                 notes: list[str] | None = None, corrector: LatencyCorrector | None = None):
+                 notes: list[str] | None = None, corrector: LatencyCorrector | None = None,
+                 decoder=None):
         self.net = net.eval()
         self.labels = list(labels)
         self.table = table
@@ -273,6 +281,8 @@ class Engine:
         self.source = source
         self.notes = list(notes or [])
         self.corrector = corrector or LatencyCorrector()
+        self.decoder = decoder if decoder is not None else InlineDecoder()
+        self._opening_s = weakref.WeakKeyDictionary()  # VideoInfo -> seconds its probe took
         self.configs = {c.key: c for c in table.configs}
         self.preprocess_ms: dict[Key, float] = {}   # warm-up measurement per configuration
         self.warm_model_ms: dict[Key, float] = {}
@@ -321,8 +331,10 @@ class Engine:
         limits = Limits(max_bytes=settings.max_upload_bytes,
                         max_duration_s=settings.max_duration_s,
                         max_decode_s=settings.max_decode_s)
+        decoder = make_decoder(settings.decode_isolation, settings.decode_memory_mb << 20)
+        decoder.start()  # decoding processes start in the background, beside the warm-up
         return cls(net, labels, table, decode, device=device, limits=limits, source=source,
-                   notes=notes)
+                   notes=notes, decoder=decoder)
 
     @classmethod
     def start(cls, settings: Settings, quick: QuickProfile = QuickProfile(),
@@ -385,9 +397,9 @@ class Engine:
         os.close(fd)
         try:
             write_test_video(Path(name), 64, 0.5)
-            info = probe(name)
-            decode_frames(name, 4, short_side=min(c.pixels for c in self.configs.values()),
-                          info=info)
+            info = self.decoder.probe(name, self.limits)
+            self.decoder.decode_frames(name, 4, info=info, limits=self.limits,
+                                       short_side=min(c.pixels for c in self.configs.values()))
         except Exception as e:  # noqa: BLE001 - a warm-up, not a requirement
             log.warning("decode warm-up failed (ignored): %s", e)
         finally:
@@ -396,7 +408,26 @@ class Engine:
 
     # -- one request
     def probe(self, source) -> VideoInfo:
-        return probe(source, self.limits)
+        t0 = time.perf_counter()
+        info = self.decoder.probe(source, self.limits)
+        # the time spent decoding, not waiting for a free decoding process
+        spent = getattr(self.decoder, "last_call_s", None)
+        self._opening_s[info] = spent if spent is not None else time.perf_counter() - t0
+        return info
+
+    def decode_limits(self, info: VideoInfo | None = None) -> Limits:
+        """The limits for decoding a probed video: `max_decode_s` bounds a request's decoding
+        as a whole, probe and decode (a file slow to open is slow to open twice); decode keeps
+        a tenth of it at least, so that its error names a sensible limit."""
+        total = self.limits.max_decode_s
+        spent = self._opening_s.get(info, 0.0) if info is not None else 0.0
+        if total is None or spent <= 0:
+            return self.limits
+        return dataclasses.replace(self.limits, max_decode_s=max(total - spent, total / 10))
+
+    def close(self) -> None:
+        """Stop the decoding processes."""
+        self.decoder.close()
 
     def candidates(self, options: Options) -> list[Key]:
         """Configurations matching the explicit frames/pixels/patch overrides (all without)."""
@@ -498,8 +529,8 @@ class Engine:
         c = plan.config
         stats = DecodeStats()
         t0 = time.perf_counter()
-        raw = decode_frames(path, c.frames, short_side=c.pixels, info=info, limits=self.limits,
-                            stats=stats)
+        raw = self.decoder.decode_frames(path, c.frames, short_side=c.pixels, info=info,
+                                         limits=self.decode_limits(info), stats=stats)
         t1 = time.perf_counter()
         x = preprocess(raw, c.pixels)[None]
         t2 = time.perf_counter()
@@ -580,6 +611,10 @@ class Engine:
                           for k in sorted(self.configs)],
             "corrections": self.corrector.snapshot(),
             "limits": dataclasses.asdict(self.limits),
+            "decoding": {"isolation": self.decoder.isolation,
+                         "memory_bytes": getattr(self.decoder, "memory_bytes", None),
+                         "processes": getattr(self.decoder, "processes", None),
+                         "restarts": getattr(self.decoder, "restarts", None)},
             "table": self.table.to_dict(),
         }
 

@@ -9,10 +9,11 @@ Every error body has the same JSON shape::
      "status": 413,
      "detail": {...}}                                                        # optional, per code
 
-Statuses: 400 a malformed request or a damaged video, 413 an input over a limit (bytes,
-duration, frame area, decode time), 415 something that is not a usable video, 422 parameters
-that are invalid or a strict budget that cannot be met, 429 too many requests in flight,
-503 not ready yet (loading, profiling, warming up), 500 a bug (details only in the log).
+Statuses: 400 a malformed request or a damaged video (or one that crashed a decoding process),
+413 an input over a limit (bytes, duration, frame area, decode time, decoding memory), 415
+something that is not a usable video, 422 parameters that are invalid or a strict budget that
+cannot be met, 429 too many requests in flight, 503 not ready yet (loading, profiling, warming
+up), 500 a bug (details only in the log).
 Standard library only (plus the video package's error classes).
 """
 from __future__ import annotations
@@ -97,6 +98,7 @@ _VIDEO = (
     (verr.TooLong, 413, "too_long"),
     (verr.FrameTooLarge, 413, "frame_too_large"),
     (verr.DecodeTimeout, 413, "decode_timeout"),
+    (verr.DecodeMemoryExceeded, 413, "decode_memory"),
     (verr.LimitExceeded, 413, "limit_exceeded"),
     (verr.NotAVideo, 415, "not_a_video"),
     (verr.NoVideoStream, 415, "no_video_stream"),

@@ -70,6 +70,11 @@ class Loader:
             self.error = e
             log.exception("StretchySnake failed to start: %s", e)
 
+    def close(self) -> None:
+        """Stop what the engine started (its decoding processes)."""
+        if self._engine is not None:
+            self._engine.close()
+
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)

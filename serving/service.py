@@ -213,7 +213,10 @@ class StretchySnake:
 
     @bentoml.on_shutdown
     def remove_leftovers(self) -> None:
-        """Uploads of this process still on disk (none unless a request was killed mid-way)."""
+        """Uploads of this process still on disk (none unless a request was killed mid-way);
+        the decoding processes are stopped."""
+        with contextlib.suppress(Exception):
+            self.loader.close()
         directory = self.settings.tmpdir
         for path in directory.glob(f"upload-{os.getpid()}-*") if directory.is_dir() else ():
             with contextlib.suppress(OSError):

@@ -12,7 +12,14 @@
                                     (default: $TMPDIR/stretchysnake-uploads)
     STRETCHYSNAKE_MAX_UPLOAD_BYTES  larger uploads get 413, checked while reading (200000000)
     STRETCHYSNAKE_MAX_DURATION_S    longer videos get 413 (3600)
-    STRETCHYSNAKE_MAX_DECODE_S      decoding slower than this gets 413 (10)
+    STRETCHYSNAKE_MAX_DECODE_S      opening + decoding a video slower than this gets 413 (10)
+    STRETCHYSNAKE_DECODE_ISOLATION  process: probe and decode in child processes that are killed
+                                    past MAX_DECODE_S and limited to DECODE_MEMORY_MB (a hard
+                                    bound, ~1 ms a request); inline: in the worker itself, with
+                                    only the checks between frames (process)
+    STRETCHYSNAKE_DECODE_MEMORY_MB  memory (address space) a decoding process may add to its
+                                    start-up size; a video that needs more gets 413 (2048;
+                                    256 at least: threads and malloc reserve some)
     STRETCHYSNAKE_MAX_INFLIGHT      /classify requests per worker, running + queued; more get
                                     429 (8)
     STRETCHYSNAKE_CACHE             where a self-measured profile is kept between starts
@@ -32,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "stretchysnake_nano"
 PREFIX = "STRETCHYSNAKE_"
+ISOLATION_MODES = ("process", "inline")
 
 
 class SettingsError(ValueError):
@@ -50,6 +58,8 @@ class Settings:
     max_upload_bytes: int = 200_000_000
     max_duration_s: float = 3600.0
     max_decode_s: float = 10.0
+    decode_isolation: str = "process"     # or "inline"
+    decode_memory_mb: int = 2048
     max_inflight: int = 8
     cache: Path = Path.home() / ".cache" / "stretchysnake"
 
@@ -87,11 +97,19 @@ class Settings:
                 values[key] = Path(get(name)).expanduser()
         if get("DEVICE"):
             values["device"] = get("DEVICE")
+        if get("DECODE_ISOLATION"):
+            mode = get("DECODE_ISOLATION").strip().lower()
+            if mode in ISOLATION_MODES:
+                values["decode_isolation"] = mode
+            else:
+                problems.append(f"{PREFIX}DECODE_ISOLATION={get('DECODE_ISOLATION')!r}: must be "
+                                f"one of {', '.join(ISOLATION_MODES)}")
         for key, name, kind, low in (("threads", "THREADS", int, 1),
                                      ("max_upload_bytes", "MAX_UPLOAD_BYTES", int, 1),
                                      ("max_duration_s", "MAX_DURATION_S", float, 0.001),
                                      ("max_decode_s", "MAX_DECODE_S", float, 0.001),
-                                     ("max_inflight", "MAX_INFLIGHT", int, 1)):
+                                     ("max_inflight", "MAX_INFLIGHT", int, 1),
+                                     ("decode_memory_mb", "DECODE_MEMORY_MB", int, 256)):
             v = number(name, kind, low)
             if v is not None:
                 values[key] = v

@@ -6,11 +6,14 @@
     clip = load_clip(source, frames=16, pixels=224)       # (3, T, 224, 224) float32, normalised
 
 A source is a path, bytes-like, or a binary file object. Bad inputs raise the typed errors of
-`video.errors`, all subclasses of `VideoError`. This package imports nothing else of the repo.
+`video.errors`, all subclasses of `VideoError`. This package imports nothing else of the repo,
+and torch only where it is needed (preprocess, load_clip). `video.isolation.DecodePool` runs
+probe and decode in child processes with hard time and memory bounds (the server's default).
 """
 from .decode import DecodeStats, decode_frames, load_clip
-from .errors import (CorruptVideo, DecodeTimeout, FrameTooLarge, LimitExceeded, NotAVideo,
-                     NoVideoStream, TooLarge, TooLong, UnsupportedCodec, VideoError)
+from .errors import (CorruptVideo, DecodeMemoryExceeded, DecodeTimeout, FrameTooLarge,
+                     LimitExceeded, NotAVideo, NoVideoStream, TooLarge, TooLong, UnsupportedCodec,
+                     VideoError)
 from .limits import Limits
 from .probe import VideoInfo, probe
 from .sampling import sample_times
@@ -21,4 +24,5 @@ __all__ = [
     "DecodeStats", "IMAGENET_MEAN", "IMAGENET_STD",
     "VideoError", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "CorruptVideo",
     "LimitExceeded", "TooLarge", "TooLong", "FrameTooLarge", "DecodeTimeout",
+    "DecodeMemoryExceeded",
 ]

@@ -17,10 +17,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
 
 from . import rotation as rot
 from .errors import CorruptVideo, FrameTooLarge, TooLong
@@ -29,7 +29,10 @@ from .probe import VideoInfo, check_limits, probe_container, video_stream
 from .sampling import MODES, Rng, sample_times
 from .source import (PYAV_ERRORS, Source, VideoSource, as_source, damaged_input_is_corrupt,
                      reason)
-from .transforms import preprocess, short_side_size
+from .transforms import short_side_size
+
+if TYPE_CHECKING:  # load_clip returns a tensor; torch is imported only when it runs
+    import torch
 
 # Keep decoding (rather than seek) when the target is this many frames ahead or fewer.
 _CONTINUE_FRAMES = 2
@@ -129,6 +132,8 @@ def load_clip(source: VideoSource, frames: int, pixels: int, mode: str = "test",
     """A network-ready clip: (3, frames, pixels, pixels) float32, ImageNet-normalised.
 
     `decode_frames(short_side=pixels)` then `preprocess` (centre crop + normalisation)."""
+    from .transforms import preprocess
+
     raw = decode_frames(source, frames, mode=mode, rng=rng, limits=limits, short_side=pixels,
                         info=info, stats=stats)
     return preprocess(raw, pixels)

@@ -13,7 +13,8 @@ so a server can map them to HTTP answers and a training loader can skip a broken
         ├── TooLarge                  bytes
         ├── TooLong                   duration
         ├── FrameTooLarge             width * height
-        └── DecodeTimeout             decoding wall time
+        ├── DecodeTimeout             decoding wall time
+        └── DecodeMemoryExceeded      memory of an isolated decoding process (video.isolation)
 """
 from __future__ import annotations
 
@@ -95,3 +96,15 @@ class DecodeTimeout(LimitExceeded):
     @classmethod
     def _show(cls, v: float) -> str:
         return f"{v:.2f} s"
+
+
+class DecodeMemoryExceeded(LimitExceeded):
+    """Decoding needed more memory than an isolated decoding process may use (`video.isolation`:
+    its address-space allowance). `value` is what the process had reached when an allocation
+    failed (the allocation that failed is not known), `limit` the allowance."""
+
+    what, unit = "decoding memory", "bytes"
+
+    @classmethod
+    def _show(cls, v: float) -> str:
+        return f"{v / 2**20:,.0f} MiB"

@@ -2,12 +2,18 @@
 
 This is the VideoMamba test-time pipeline: short side resized to the input size, a centre
 `pixels x pixels` crop, `/255`, then mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+
+torch is imported inside the functions that use it, so that `import video` stays light: the
+isolated decoding processes (video.isolation) decode with PyAV and numpy only.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,6 +31,8 @@ def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]
 
 def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
     """(T, C, H, W) float -> short side `short_side`; bilinear, antialiased when shrinking."""
+    import torch.nn.functional as F
+
     height, width = frames.shape[-2:]
     new_w, new_h = short_side_size(width, height, short_side)
     if (new_h, new_w) == (height, width):
@@ -48,6 +56,8 @@ def preprocess(frames, pixels: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
     Resizes the short side to `pixels` if it is not already (bilinear, antialiased), crops the
     centre, scales to [0, 1] and normalises with `mean`/`std` (ImageNet by default). CUDA
     tensors take one fused Triton pass (video.gpu_preprocess), equal within float rounding."""
+    import torch
+
     if isinstance(frames, torch.Tensor) and frames.is_cuda:
         from .gpu_preprocess import preprocess_triton
         return preprocess_triton(frames, pixels, mean, std)

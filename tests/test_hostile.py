@@ -1,0 +1,392 @@
+"""Hostile inputs (issue 7): the corpus of `video.corpus` (valid files of every container and
+codec this FFmpeg writes, and hostile ones) against the real `bentoml serve`, and the hard time
+and memory bounds of isolated decoding (`video.isolation`) on their own.
+
+One server for the module, with the tiny model of tests/test_service.py, decoding isolated in
+child processes (the default), `STRETCHYSNAKE_MAX_DECODE_S=1` and the default memory allowance.
+
+Timing: every file must be answered within TARGET_S = 2 s. It is measured on the client (the
+whole HTTP request over loopback, upload included: the server's error answers carry no timing)
+and asserted against TARGET_S + MARGIN_S, so that a machine loaded by other jobs does not fail
+the suite; the printed table marks every file over the 2 s target itself."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from model import build_model, save_checkpoint
+from serving import profile as prof
+from serving.decode_cost import TERMS, DecodeModel
+from serving.errors import from_video_error
+from serving.settings import Settings, SettingsError
+from serving.testing import ServerFailed, serve
+from serving.engine import Engine
+from video import (CorruptVideo, DecodeMemoryExceeded, DecodeStats, DecodeTimeout,
+                   FrameTooLarge, Limits, probe)
+from video import corpus as hostile
+from video.isolation import DecodePool, InlineDecoder
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
+              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
+LABELS = ["left", "right", "up", "down"]
+CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+MAX_UPLOAD = 4_000_000
+MAX_DECODE_S = 1.0
+TARGET_S, MARGIN_S = 2.0, 1.0
+LINUX = sys.platform.startswith("linux")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return hostile.build()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    net = build_model("nano", num_classes=len(LABELS), depth=2, embed_dim=32).eval()
+    ckpt = save_checkpoint(net, root / "ckpt", labels=LABELS)
+    decode = DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
+    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
+                             max_runs=2, decode_model=decode, show_progress=False)
+    for c in table["configs"]:
+        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
+    return {"root": root, "ckpt": ckpt, "profile": prof.write_table(table, root / "profile.json")}
+
+
+@pytest.fixture(scope="module")
+def server(assets):
+    root = assets["root"]
+    (root / "tmp").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
+    env.update({
+        "STRETCHYSNAKE_CHECKPOINT": str(assets["ckpt"]),
+        "STRETCHYSNAKE_PROFILE": str(assets["profile"]),
+        "STRETCHYSNAKE_TMPDIR": str(root / "uploads"),
+        "STRETCHYSNAKE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "STRETCHYSNAKE_MAX_DECODE_S": str(MAX_DECODE_S),
+        "STRETCHYSNAKE_DECODE_ISOLATION": "process",
+        "STRETCHYSNAKE_MAX_INFLIGHT": "4",
+        "STRETCHYSNAKE_THREADS": "1",
+        "STRETCHYSNAKE_CACHE": str(root / "cache"),
+        "OMP_NUM_THREADS": "1", "TMPDIR": str(root / "tmp"),
+        "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    try:
+        with serve(env, root / "server.log", timeout_s=90) as running:
+            with httpx.Client(base_url=running.url, timeout=60) as client:
+                yield {"client": client, "proc": running.proc, "log": running.log,
+                       "uploads": root / "uploads", "tmp": root / "tmp"}
+    except ServerFailed as e:
+        pytest.fail(str(e))
+
+
+def _post(server, name: str, data: bytes, query: str = "") -> tuple[httpx.Response, float]:
+    t0 = time.perf_counter()
+    r = server["client"].post("/classify" + query, files={"video": (name, data, "video/mp4")})
+    return r, time.perf_counter() - t0
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'file':34s} {'status':>6s} {'code':18s} {'seconds':>7s}  message / result"]
+    for r in rows:
+        late = "  OVER THE 2 s TARGET" if r["seconds"] > TARGET_S else ""
+        lines.append(f"{r['name']:34s} {r['status']:>6d} {r['code'] or '':18s} "
+                     f"{r['seconds']:7.3f}  {r['message'][:90]}{late}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the server
+def test_every_file_gets_its_answer_within_the_time_target(server, corpus, capsys):
+    rows, wrong = [], []
+    clip = corpus["h264.mp4"].data
+    extra = [hostile.Case("over_the_upload_limit.mp4", np.random.default_rng(1).bytes(
+                 MAX_UPLOAD + 1), 413, "too_large", "limit of this server"),
+             hostile.Case("valid_but_top_k_0.mp4", clip, 422, "invalid_parameters", "top_k")]
+    for case in corpus.cases + extra:
+        query = "?top_k=0" if case.name == "valid_but_top_k_0.mp4" else ""
+        r, seconds = _post(server, case.name, case.data, query)
+        body = r.json()
+        if r.status_code == 200:
+            v = body["video"]
+            message = f"{v['codec']} {v['width']}x{v['height']} {v['duration_s']} s -> " \
+                      f"{body['config']['frames']}x{body['config']['pixels']}"
+        else:
+            message = body["error"]
+        row = {"name": case.name, "status": r.status_code, "code": body.get("code"),
+               "seconds": seconds, "message": message}
+        rows.append(row)
+        ok = case.allows(r.status_code, body.get("code"))
+        if r.status_code != 200 and case.match is not None and case.match not in message:
+            ok = False
+        if r.status_code == 200 and not (body["labels"] and body["config"]["frames"]):
+            ok = False
+        if not ok:
+            wrong.append(f"{case.name}: expected {case.status} {case.code} ~{case.match!r}, "
+                         f"got {r.status_code} {body.get('code')}: {message}")
+    # what the metadata says reaches the answer: displayed size after rotation, the bitstream's
+    # size rather than a lying header
+    answers = {r["name"]: r for r in rows}
+    assert "48x64" in answers["rotated_90.mp4"]["message"]
+    assert "64x48" in answers["header_claims_8k.mp4"]["message"]
+    with capsys.disabled():
+        print(f"\n{len(rows)} files (corpus built in {corpus.seconds:.1f} s; skipped: "
+              f"{corpus.skipped or 'none'})\n" + _table(rows))
+        slow = [r["name"] for r in rows if r["seconds"] > TARGET_S]
+        print(f"2 s target: {'met by every file' if not slow else 'MISSED by ' + str(slow)}; "
+              f"slowest {max(r['seconds'] for r in rows):.2f} s")
+    assert not wrong, "\n".join(wrong)
+    too_slow = [(r["name"], round(r["seconds"], 2)) for r in rows
+                if r["seconds"] > TARGET_S + MARGIN_S]
+    assert not too_slow, too_slow
+
+
+def test_bombs_are_stopped_and_the_server_keeps_serving(server, corpus, capsys):
+    bomb = next(c for c in corpus.cases if c.bounded)
+    clip = corpus["h264.mp4"].data
+    before = server["client"].get("/profile").json()["decoding"]["restarts"]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        bombs = [pool.submit(_post, server, bomb.name, bomb.data) for _ in range(2)]
+        time.sleep(0.1)
+        valid = pool.submit(_post, server, "clip.mp4", clip)
+        answers = [f.result() for f in bombs]
+        r, valid_s = valid.result()
+    assert r.status_code == 200, r.text
+    for r, seconds in answers:
+        assert r.status_code == 413 and r.json()["code"] in bomb.code, r.text
+        # the bound: one max_decode_s for the request's decoding, plus the kill's grace
+        assert seconds < MAX_DECODE_S + 0.25 + MARGIN_S, seconds
+    assert server["client"].get("/readyz").status_code == 200
+    deadline = time.monotonic() + 10  # killed children are reaped and counted in the background
+    while True:
+        decoding = server["client"].get("/profile").json()["decoding"]
+        if decoding["restarts"] >= before + 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert decoding["isolation"] == "process" and decoding["restarts"] >= before + 2
+    with capsys.disabled():
+        print(f"\nbomb ({len(bomb.data):,} bytes) x2 in parallel with a valid clip: "
+              f"{', '.join(f'{s:.2f} s' for _, s in answers)} to 413; the valid clip "
+              f"{valid_s:.2f} s to 200")
+
+
+def _decoding_processes(server_pid: int) -> list[int]:
+    """Decoding children of the server's session (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        session = int(stat.rsplit(")", 1)[1].split()[3])
+        if session == server_pid and b"_child_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_server_is_healthy_and_left_nothing_behind(server, corpus):
+    # runs last among the server tests: after every file of the corpus and the bombs
+    assert server["client"].get("/readyz").status_code == 200
+    assert server["client"].get("/livez").status_code == 200
+    r, _ = _post(server, "clip.mp4", corpus["h264.mp4"].data)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 5
+    while server["uploads"].exists() and list(server["uploads"].iterdir()):
+        assert time.monotonic() < deadline, list(server["uploads"].iterdir())
+        time.sleep(0.05)
+    assert [p for p in server["tmp"].rglob("*") if p.name.startswith(("upload-", "warmup-"))] == []
+    assert server["proc"].poll() is None
+    if LINUX:  # killed children were replaced, not piled up: the pool's size at most
+        deadline = time.monotonic() + 10
+        while len(_decoding_processes(server["proc"].pid)) > 2:
+            assert time.monotonic() < deadline, _decoding_processes(server["proc"].pid)
+            time.sleep(0.1)
+    assert "Traceback" not in server["log"].read_text(errors="replace")
+
+
+# ----------------------------------------------------------------------------- the bounds
+_INLINE = """
+import json, resource, sys, time
+from video import DecodeTimeout, Limits, decode_frames, probe
+path, limit = sys.argv[1], float(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+info = probe(path, Limits(max_decode_s=limit))      # no deadline at all while opening
+probe_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+try:
+    decode_frames(path, 8, short_side=128, limits=Limits(max_decode_s=limit))
+    outcome = "decoded"
+except DecodeTimeout:
+    outcome = "DecodeTimeout"
+decode_s = time.perf_counter() - t0
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(json.dumps({"probe_s": probe_s, "decode_s": decode_s, "outcome": outcome,
+                  "grown_bytes": grown, "width": info.width}))
+"""
+
+
+def test_the_in_process_bounds_do_not_hold_against_a_bomb(tmp_path, capsys):
+    """Why decoding is isolated: with max_decode_s = 0.05 s, opening a 16-stream bomb in the
+    process itself runs to the end (probe has no deadline, and decode checks its deadline only
+    after FFmpeg has opened the file) and the process grows by hundreds of megabytes."""
+    path = tmp_path / "bomb16.mkv"
+    path.write_bytes(hostile.bomb(16))
+    out = subprocess.run([sys.executable, "-c", _INLINE, str(path), "0.05"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)
+    with capsys.disabled():
+        print(f"\ninline, max_decode_s=0.05, {path.stat().st_size:,}-byte bomb: probe ran "
+              f"{m['probe_s']:.2f} s and answered (width {m['width']}); decode_frames "
+              f"{m['outcome']} after {m['decode_s']:.2f} s; peak RSS "
+              f"+{m['grown_bytes'] / 2**20:,.0f} MiB")
+    assert m["width"] == 64 and m["probe_s"] > 0.05       # the limit was not applied
+    assert m["outcome"] == "DecodeTimeout" and m["decode_s"] > 0.05
+    # 0.35-1.2 GB measured (how much of it is resident varies with the kernel's page
+    # handling): thousands of times the file's 122 KB
+    assert m["grown_bytes"] > 200 * 2**20
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory) -> Path:
+    """2 s of 320x240 H.264 (8 frames at 128 px is the overhead measurement's request)."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    path.write_bytes(hostile.encode("libx264", "mp4", size=(320, 240), frames=50, fps=25,
+                                    options={"g": "25"}))
+    return path
+
+
+def test_the_time_bound_kills_a_decode_that_overruns(tmp_path, clip_path, capsys):
+    path = tmp_path / "bomb.mkv"
+    path.write_bytes(hostile.bomb())
+    limits = Limits(max_decode_s=0.5)
+    # memory generous, so that the clock, not the allowance, stops it
+    with DecodePool(processes=1, memory_bytes=8 << 30) as pool:
+        pool.probe(clip_path, limits)  # the child is up
+        t0 = time.perf_counter()
+        with pytest.raises(DecodeTimeout, match="stopped after") as err:
+            pool.probe(path, limits)
+        stopped = time.perf_counter() - t0
+        assert err.value.limit == 0.5 and stopped < 0.5 + pool.grace_s + MARGIN_S
+        # the killed child is replaced and the pool goes on
+        frames = pool.decode_frames(clip_path, 8, short_side=128, limits=limits)
+        assert frames.shape == (8, 128, 171, 3)
+        assert pool.restarts == 1
+    with capsys.disabled():
+        print(f"\ntime bound 0.5 s (+{pool.grace_s} s grace): the {path.stat().st_size:,}-byte "
+              f"bomb rejected after {stopped:.2f} s (DecodeTimeout, child killed)")
+
+
+@pytest.mark.skipif(not LINUX, reason="RLIMIT_AS and /proc: Linux")
+def test_the_memory_bound_stops_a_bomb_and_names_it(tmp_path, clip_path, capsys):
+    bomb = tmp_path / "bomb.mkv"
+    bomb.write_bytes(hostile.bomb())
+    eight_k = tmp_path / "8k.mp4"
+    eight_k.write_bytes(hostile.encode("libx264", "mp4", size=(7680, 4320), frames=2, flat=True,
+                                       options={"preset": "ultrafast"}))
+    allowance = 256 << 20
+    timings = {}
+    with DecodePool(processes=1, memory_bytes=allowance) as pool:
+        for name, path, limits in (("bomb", bomb, Limits(max_decode_s=30)),
+                                   ("8K frames, no area limit", eight_k,
+                                    Limits(max_decode_s=30, max_frame_area=None))):
+            t0 = time.perf_counter()
+            with pytest.raises(DecodeMemoryExceeded, match="256 MiB") as err:
+                info = pool.probe(path, limits)
+                pool.decode_frames(path, 8, short_side=128, info=info, limits=limits)
+            timings[name] = time.perf_counter() - t0
+            assert err.value.limit == allowance and err.value.value >= allowance * 7 // 8
+            status = from_video_error(err.value)
+            assert (status.status, status.code) == (413, "decode_memory")
+            json.dumps(status.payload())
+        # with the frame-area limit on, the 8K file is refused for its frames, not for memory
+        with pytest.raises(FrameTooLarge):
+            pool.probe(eight_k, Limits())
+        stats = DecodeStats()
+        frames = pool.decode_frames(clip_path, 8, short_side=128, stats=stats)
+        assert frames.shape == (8, 128, 171, 3) and stats.frames_decoded >= 8
+        assert pool.restarts >= 2
+    with capsys.disabled():
+        print(f"\nmemory bound {allowance >> 20} MiB: " + "; ".join(
+            f"{k} rejected after {v:.2f} s (DecodeMemoryExceeded)" for k, v in timings.items()))
+
+
+def test_a_decoder_that_crashes_is_a_corrupt_video(tmp_path, clip_path):
+    path = tmp_path / "bomb.mkv"
+    path.write_bytes(hostile.bomb())
+    with DecodePool(processes=1, memory_bytes=8 << 30) as pool:
+        pool.probe(clip_path)
+        [pid] = pool.pids
+        threading.Timer(0.2, os.kill, (pid, signal.SIGSEGV)).start()  # as a decoder bug would
+        with pytest.raises(CorruptVideo, match="crashed.*SIGSEGV"):
+            pool.probe(path, Limits(max_decode_s=30))
+        assert pool.probe(clip_path).width == 320  # replaced
+
+
+def test_isolated_decoding_equals_inline_and_its_overhead_is_small(clip_path, capsys):
+    inline, limits = InlineDecoder(), Limits()
+    with DecodePool(processes=1) as pool:
+        a = pool.decode_frames(clip_path, 8, short_side=128, info=pool.probe(clip_path, limits),
+                               limits=limits)
+        b = inline.decode_frames(clip_path, 8, short_side=128, limits=limits)
+        np.testing.assert_array_equal(a, b)
+        times = {"inline": [], "process": []}
+        for _ in range(25):  # interleaved, so that a load change hits both alike
+            for name, dec in (("inline", inline), ("process", pool)):
+                t0 = time.perf_counter()
+                info = dec.probe(clip_path, limits)
+                dec.decode_frames(clip_path, 8, short_side=128, info=info, limits=limits)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    overhead = med["process"] - med["inline"]
+    with capsys.disabled():
+        print(f"\nprobe + decode of 8 frames at 128 px (320x240 H.264), median of 25: inline "
+              f"{med['inline']:.1f} ms, isolated {med['process']:.1f} ms: overhead "
+              f"{overhead:+.1f} ms per request")
+    assert overhead < 30, med  # ~1 ms measured; lenient for a loaded machine
+
+
+def test_isolation_settings_errors_and_the_shared_decode_time(clip_path):
+    s = Settings.from_env({"STRETCHYSNAKE_DECODE_ISOLATION": "Inline",
+                           "STRETCHYSNAKE_DECODE_MEMORY_MB": "512"})
+    assert (s.decode_isolation, s.decode_memory_mb) == ("inline", 512)
+    assert Settings().decode_isolation == "process" and Settings().decode_memory_mb == 2048
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"STRETCHYSNAKE_DECODE_ISOLATION": "thread",
+                           "STRETCHYSNAKE_DECODE_MEMORY_MB": "1"})
+    assert "DECODE_ISOLATION" in str(e.value) and "DECODE_MEMORY_MB" in str(e.value)
+    err = from_video_error(DecodeMemoryExceeded(None, 1 << 30, "needs more memory"))
+    assert (err.status, err.code) == (413, "decode_memory")
+    assert json.loads(json.dumps(err.payload()))["detail"]["value"] is None
+    with pytest.raises(TypeError, match="path or bytes"), open(__file__, "rb") as f:
+        DecodePool().probe(f)
+    # a request's decoding shares one max_decode_s: decode gets what opening the file left
+    info = probe(clip_path)
+    stub = SimpleNamespace(limits=Limits(max_decode_s=1.0), _opening_s={info: 0.7})
+    assert Engine.decode_limits(stub, info).max_decode_s == pytest.approx(0.3)
+    stub._opening_s[info] = 5.0
+    assert Engine.decode_limits(stub, info).max_decode_s == pytest.approx(0.1)
+    assert Engine.decode_limits(stub, None).max_decode_s == 1.0
