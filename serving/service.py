@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import attrs
 import bentoml
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
@@ -122,8 +123,15 @@ class _Service(bentoml.Service):
 
     @property
     def openapi_spec(self):
-        spec = super().openapi_spec
+        # BentoML says 3.0.2 but writes pydantic's JSON Schema 2020-12 (numeric
+        # exclusiveMinimum, type null): that is OpenAPI 3.1's dialect, so say 3.1.
+        spec = attrs.evolve(super().openapi_spec, openapi="3.1.0")
         post = spec.paths["/classify"].post
+        # BentoML drops None from top-level Optional output fields; accuracy is null when unknown
+        body = post["responses"][200]["content"]["application/json"].schema
+        accuracy = body.properties["accuracy"]
+        body.properties["accuracy"] = {k: v for k, v in accuracy.items() if k != "type"} | {
+            "anyOf": [{"type": "number"}, {"type": "null"}]}
         fields = ClassifyInput.model_fields
         number = {"type": "number", "exclusiveMinimum": 0}
         post["parameters"] = [
