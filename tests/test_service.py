@@ -373,12 +373,9 @@ def test_server_is_healthy_and_left_no_temporary_files(server, assets):
     assert "Traceback" not in server["log"].read_text(errors="replace")
 
 
-def test_missing_bundled_checkpoint_stops_the_server_with_a_clear_message(assets):
-    default = REPO / "checkpoints" / "stretchysnake_nano"
-    if default.exists():
-        pytest.skip("the bundled checkpoint exists")
-    env = _server_env(assets)
-    del env["STRETCHYSNAKE_CHECKPOINT"]
+def test_missing_checkpoint_stops_the_server_with_a_clear_message(assets, tmp_path):
+    missing = tmp_path / "stretchysnake_nano"
+    env = {**_server_env(assets), "STRETCHYSNAKE_CHECKPOINT": str(missing)}
     proc = subprocess.run([sys.executable, "-m", "bentoml", "serve",
                            "serving.service:StretchySnake", "--host", "127.0.0.1", "--port",
                            str(free_port())], cwd=REPO, env=env, capture_output=True,
