@@ -1,5 +1,5 @@
 """Start the real `bentoml serve` process on a loopback port and wait until /readyz answers 200:
-the one way the service tests (tests/test_service.py, tests/test_serve_load.py) and the load
+the one way the service tests and the load
 benchmark (benchmarks/serve_load.py) run the server.
 
     with serve(env, log_path) as server:          # env: the server's whole environment
@@ -104,3 +104,48 @@ def serve(env: Mapping[str, str], log_path: Path, *, host: str = "127.0.0.1",
             yield RunningServer(url, port, proc, log_path)
         finally:
             stop(proc)
+
+
+def server_env(root: Path, checkpoint: Path, profile: Path, **settings) -> dict:
+    """The server's environment for a test or benchmark under `root`: this process's environment
+    without any STRETCHYSNAKE_ setting, then the checkpoint, profile, one thread, and uploads,
+    caches, temporary files and BentoML's home all under `root` (root/tmp is created). settings:
+    more STRETCHYSNAKE_ settings by name without the prefix, e.g. MAX_INFLIGHT=2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
+    env.update({
+        "STRETCHYSNAKE_CHECKPOINT": str(checkpoint),
+        "STRETCHYSNAKE_PROFILE": str(profile),
+        "STRETCHYSNAKE_TMPDIR": str(root / "uploads"),
+        "STRETCHYSNAKE_THREADS": "1",
+        "STRETCHYSNAKE_CACHE": str(root / "cache"),
+        **{f"STRETCHYSNAKE_{name}": str(value) for name, value in settings.items()},
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(root / "tmp"),
+        "BENTOML_HOME": str(root / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def tiny_checkpoint(root: Path, labels: list[str], accuracy: Mapping[tuple[int, int, int], float]):
+    """(net, checkpoint dir, profile path) under `root`: a 2-layer, 32-wide nano (seed 0) and a
+    quickly measured profile of the configurations in `accuracy` with those accuracies and a
+    made-up decode model (the server corrects it online). What the service tests serve."""
+    import torch
+
+    from model import build_model, save_checkpoint
+
+    from . import profile as prof
+    from .decode_cost import TERMS, DecodeModel
+
+    torch.manual_seed(0)
+    net = build_model("nano", num_classes=len(labels), depth=2, embed_dim=32).eval()
+    checkpoint = save_checkpoint(net, root / "ckpt", labels=labels)
+    decode = DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
+    table = prof.build_table(net, list(accuracy), warmup=1, min_runs=2, min_seconds=0, max_runs=2,
+                             decode_model=decode, show_progress=False)
+    for c in table["configs"]:
+        c["accuracy"] = accuracy[(c["frames"], c["pixels"], c["patch"])]
+    return net, checkpoint, prof.write_table(table, root / "profile.json")

@@ -27,12 +27,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import build_model, save_checkpoint
-from serving import profile as prof
-from serving.decode_cost import TERMS, DecodeModel
 from serving.errors import from_video_error
 from serving.settings import Settings, SettingsError
-from serving.testing import ServerFailed, serve
+from serving.testing import ServerFailed, serve, server_env, tiny_checkpoint
 from serving.engine import Engine
 from video import (CorruptVideo, DecodeMemoryExceeded, DecodeStats, DecodeTimeout,
                    FrameTooLarge, Limits, probe)
@@ -60,36 +57,15 @@ def corpus():
 def assets(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("hostile")
-    torch.manual_seed(0)
-    net = build_model("nano", num_classes=len(LABELS), depth=2, embed_dim=32).eval()
-    ckpt = save_checkpoint(net, root / "ckpt", labels=LABELS)
-    decode = DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
-    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
-                             max_runs=2, decode_model=decode, show_progress=False)
-    for c in table["configs"]:
-        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
-    return {"root": root, "ckpt": ckpt, "profile": prof.write_table(table, root / "profile.json")}
+    _, ckpt, profile = tiny_checkpoint(root, LABELS, CONFIGS)
+    return {"root": root, "ckpt": ckpt, "profile": profile}
 
 
 @pytest.fixture(scope="module")
 def server(assets):
     root = assets["root"]
-    (root / "tmp").mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
-    env.update({
-        "STRETCHYSNAKE_CHECKPOINT": str(assets["ckpt"]),
-        "STRETCHYSNAKE_PROFILE": str(assets["profile"]),
-        "STRETCHYSNAKE_TMPDIR": str(root / "uploads"),
-        "STRETCHYSNAKE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-        "STRETCHYSNAKE_MAX_DECODE_S": str(MAX_DECODE_S),
-        "STRETCHYSNAKE_DECODE_ISOLATION": "process",
-        "STRETCHYSNAKE_MAX_INFLIGHT": "4",
-        "STRETCHYSNAKE_THREADS": "1",
-        "STRETCHYSNAKE_CACHE": str(root / "cache"),
-        "OMP_NUM_THREADS": "1", "TMPDIR": str(root / "tmp"),
-        "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env = server_env(root, assets["ckpt"], assets["profile"], MAX_UPLOAD_BYTES=MAX_UPLOAD,
+                     MAX_DECODE_S=MAX_DECODE_S, DECODE_ISOLATION="process", MAX_INFLIGHT=4)
     try:
         with serve(env, root / "server.log", timeout_s=90) as running:
             with httpx.Client(base_url=running.url, timeout=60) as client:

@@ -45,10 +45,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,  # noqa
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from model import build_model, save_checkpoint  # noqa: E402
-from serving import profile as prof  # noqa: E402
-from serving.decode_cost import TERMS, DecodeModel  # noqa: E402
-from serving.testing import ServerFailed, serve  # noqa: E402
+from serving.testing import ServerFailed, serve, server_env, tiny_checkpoint  # noqa: E402
 from video.synthetic import CLASSES, encode_mp4, render_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,15 +76,7 @@ def assets(tmp_path_factory):
     """A tiny checkpoint and its profile (as tests/test_service.py makes them) and uploads."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("schema")
-    torch.manual_seed(0)
-    net = build_model("nano", num_classes=len(LABELS), depth=2, embed_dim=32).eval()
-    ckpt = save_checkpoint(net, root / "ckpt", labels=LABELS)
-    decode_model = DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
-    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
-                             max_runs=2, decode_model=decode_model, show_progress=False)
-    for c in table["configs"]:
-        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
-    profile = prof.write_table(table, root / "profile.json")
+    _, ckpt, profile = tiny_checkpoint(root, LABELS, CONFIGS)
     clip = root / "clip.mp4"
     encode_mp4(render_clip(CLASSES[0], np.random.default_rng(0), size=48, frames=8), str(clip))
     data = clip.read_bytes()
@@ -100,21 +89,7 @@ def assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(assets):
     root = assets["root"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
-    env.update({
-        "STRETCHYSNAKE_CHECKPOINT": str(assets["ckpt"]),
-        "STRETCHYSNAKE_PROFILE": str(assets["profile"]),
-        "STRETCHYSNAKE_TMPDIR": str(root / "uploads"),
-        "STRETCHYSNAKE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-        "STRETCHYSNAKE_THREADS": "1",
-        "STRETCHYSNAKE_CACHE": str(root / "cache"),
-        "OMP_NUM_THREADS": "1",
-        "TMPDIR": str(root / "tmp"),
-        "BENTOML_HOME": str(root / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
-    (root / "tmp").mkdir(exist_ok=True)
+    env = server_env(root, assets["ckpt"], assets["profile"], MAX_UPLOAD_BYTES=MAX_UPLOAD)
     try:
         with serve(env, root / "server.log", timeout_s=90) as running:
             yield running

@@ -5,19 +5,14 @@ clips of 16 frames at 64 px, one torch thread."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import serve_load  # noqa: E402
-from model import build_model, save_checkpoint  # noqa: E402
-from serving import profile as prof  # noqa: E402
-from serving.decode_cost import TERMS, DecodeModel  # noqa: E402
-from serving.testing import REPO, serve  # noqa: E402
+from serving.testing import serve, server_env, tiny_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
@@ -26,33 +21,13 @@ CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0
 BUDGETS = "ms:60000,gflops:0.03,none"
 
 
-def _server_env(root: Path, ckpt: Path, profile: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
-    (root / "tmp").mkdir()
-    env.update({"STRETCHYSNAKE_CHECKPOINT": str(ckpt), "STRETCHYSNAKE_PROFILE": str(profile),
-                "STRETCHYSNAKE_TMPDIR": str(root / "uploads"), "STRETCHYSNAKE_THREADS": "1",
-                "STRETCHYSNAKE_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1",
-                "TMPDIR": str(root / "tmp"), "BENTOML_HOME": str(root / "bentoml"),
-                "BENTOML_DO_NOT_TRACK": "True",
-                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
-    return env
-
-
 def test_load_and_soak_against_the_real_server(tmp_path):
-    torch.manual_seed(0)
-    net = build_model("nano", num_classes=4, depth=2, embed_dim=32).eval()
-    ckpt = save_checkpoint(net, tmp_path / "ckpt", labels=["left", "right", "up", "down"])
-    decode = DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
-    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
-                             max_runs=2, decode_model=decode, show_progress=False)
-    for c in table["configs"]:
-        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
-    profile = prof.write_table(table, tmp_path / "profile.json")
+    _, ckpt, profile = tiny_checkpoint(tmp_path, ["left", "right", "up", "down"], CONFIGS)
     out = tmp_path / "results"
     clips = ["--clips", "2", "--clip-size", "64", "--clip-frames", "16", "--budgets", BUDGETS,
              "--out-dir", str(out)]
 
-    with serve(_server_env(tmp_path, ckpt, profile), tmp_path / "server.log") as server:
+    with serve(server_env(tmp_path, ckpt, profile), tmp_path / "server.log") as server:
         assert serve_load.main(["--url", server.url, "--concurrency", "2", "--requests", "6",
                                 "--warmup", "1", *clips]) == 0
         serve_load.main(["--url", server.url, "--soak", "3", "--concurrency", "2",

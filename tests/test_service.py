@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,16 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from model import build_model, count_flops, save_checkpoint
+from model import count_flops
 from serving import engine as eng
 from serving import profile as prof
 from serving.correction import LatencyCorrector
-from serving.decode_cost import TERMS, DecodeModel
 from serving.errors import BadParameters, BadRequest, BudgetInfeasible, PayloadTooLarge
 from serving.options import Options, parse_options
 from serving.selector import ProfileTable
 from serving.settings import Settings, SettingsError
-from serving.testing import ServerFailed, free_port, serve
+from serving.testing import ServerFailed, free_port, serve, server_env, tiny_checkpoint
 from serving.upload import FILE_MARKER, read_upload
 from video import errors as verr
 from video.synthetic import CLASSES, encode_mp4, render_clip
@@ -49,23 +47,11 @@ START_TIMEOUT_S = 90
 
 
 # ----------------------------------------------------------------------------- assets
-def _decode_model() -> dict:
-    # a made-up decode model: the server corrects it online anyway
-    return DecodeModel(0.5, {t: 0.05 for t in TERMS}, {"h264": 0.5}).to_dict()
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("service")
-    torch.manual_seed(0)
-    net = build_model("nano", num_classes=len(LABELS), depth=2, embed_dim=32).eval()
-    ckpt = save_checkpoint(net, root / "ckpt", labels=LABELS)
-    table = prof.build_table(net, list(CONFIGS), warmup=1, min_runs=2, min_seconds=0,
-                             max_runs=2, decode_model=_decode_model(), show_progress=False)
-    for c in table["configs"]:
-        c["accuracy"] = CONFIGS[(c["frames"], c["pixels"], c["patch"])]
-    profile = prof.write_table(table, root / "profile.json")
+    net, ckpt, profile = tiny_checkpoint(root, LABELS, CONFIGS)
     clip = root / "clip.mp4"
     encode_mp4(render_clip(CLASSES[0], np.random.default_rng(0), size=64, frames=16), str(clip))
     data = clip.read_bytes()
@@ -78,24 +64,9 @@ def assets(tmp_path_factory):
 
 
 def _server_env(assets, **extra) -> dict:
-    root = assets["root"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRETCHYSNAKE_")}
-    env.update({
-        "STRETCHYSNAKE_CHECKPOINT": str(assets["ckpt"]),
-        "STRETCHYSNAKE_PROFILE": str(assets["profile"]),
-        "STRETCHYSNAKE_TMPDIR": str(root / "uploads"),
-        "STRETCHYSNAKE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-        "STRETCHYSNAKE_MAX_INFLIGHT": str(MAX_INFLIGHT),
-        "STRETCHYSNAKE_THREADS": "1",
-        "STRETCHYSNAKE_CACHE": str(root / "cache"),
-        "OMP_NUM_THREADS": "1",
-        "TMPDIR": str(root / "tmp"),
-        "BENTOML_HOME": str(root / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env = server_env(assets["root"], assets["ckpt"], assets["profile"], MAX_UPLOAD_BYTES=MAX_UPLOAD,
+                     MAX_INFLIGHT=MAX_INFLIGHT)
     env.update(extra)
-    (root / "tmp").mkdir(exist_ok=True)
     return env
 
 
