@@ -226,7 +226,7 @@ print(json.dumps({"probe_s": probe_s, "decode_s": decode_s, "outcome": outcome,
 def test_the_in_process_bounds_do_not_hold_against_a_bomb(tmp_path, capsys):
     """Why decoding is isolated: with max_decode_s = 0.05 s, opening a 16-stream bomb in the
     process itself runs to the end (probe has no deadline, and decode checks its deadline only
-    after FFmpeg has opened the file) and the process grows by hundreds of megabytes."""
+    after FFmpeg has opened the file) and the process grows by hundreds of times the file's size."""
     path = tmp_path / "bomb16.mkv"
     path.write_bytes(hostile.bomb(16))
     out = subprocess.run([sys.executable, "-c", _INLINE, str(path), "0.05"], cwd=REPO,
@@ -241,9 +241,10 @@ def test_the_in_process_bounds_do_not_hold_against_a_bomb(tmp_path, capsys):
               f"+{m['grown_bytes'] / 2**20:,.0f} MiB")
     assert m["width"] == 64 and m["probe_s"] > 0.05       # the limit was not applied
     assert m["outcome"] == "DecodeTimeout" and m["decode_s"] > 0.05
-    # 0.35-1.2 GB measured (how much of it is resident varies with the kernel's page
-    # handling): thousands of times the file's 122 KB
-    assert m["grown_bytes"] > 200 * 2**20
+    # 0.17-1.2 GB measured (how much of it is resident varies with the machine and the
+    # kernel's page handling): over a thousand times the file's 122 KB. The bound checked is
+    # the one no honest limit would allow, 500 times the file.
+    assert m["grown_bytes"] > 500 * path.stat().st_size
 
 
 @pytest.fixture(scope="module")
