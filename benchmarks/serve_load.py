@@ -339,33 +339,45 @@ class ServerTree:
     """RSS of a process and its descendants, sampled in the background (psutil, else /proc)."""
 
     def __init__(self, pid: int | None, every_s: float):
-        self.pid, self.every_s, self.samples = pid, every_s, []
+        self.pid, self.every_s, self.samples, self.roles = pid, every_s, [], []
         self.t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def rss_mb(self) -> float | None:
+        total = self.by_role()
+        return None if total is None else sum(total.values())
+
+    def by_role(self) -> dict[str, float] | None:
+        """RSS in MiB of the tree's processes summed by role: the server's root process, the
+        decoding processes (video.isolation) and the rest (BentoML's workers)."""
         if self.pid is None:
             return None
         try:
             import psutil
         except ImportError:
-            return _proc_tree_rss(self.pid)
+            total = _proc_tree_rss(self.pid)
+            return None if total is None else {"tree": total}
         try:
             root = psutil.Process(self.pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return None
-        total = 0
+        roles = collections.Counter()
         for p in procs:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2 ** 20
+                rss = p.memory_info().rss
+                role = ("root" if p.pid == self.pid else
+                        "decoders" if "video.isolation" in " ".join(p.cmdline()) else "workers")
+                roles[role] += rss / 2 ** 20
+        return dict(roles)
 
     def sample(self) -> None:
-        mb = self.rss_mb()
-        if mb is not None:
-            self.samples.append([round(time.monotonic() - self.t0, 2), round(mb, 1)])
+        roles = self.by_role()
+        if roles is not None:
+            t = round(time.monotonic() - self.t0, 2)
+            self.samples.append([t, round(sum(roles.values()), 1)])
+            self.roles.append([t, {k: round(v, 1) for k, v in sorted(roles.items())}])
 
     def _run(self):
         while not self._stop.wait(self.every_s):
@@ -381,11 +393,17 @@ class ServerTree:
         self._thread.join()
         self.sample()
 
-    def report(self) -> dict:
+    def report(self, warmup_s: float = 0.0) -> dict:
+        """start/max/end, and the growth after warm-up: the largest sample after `warmup_s`
+        over the sample at `warmup_s`, as a fraction."""
         mbs = [mb for _, mb in self.samples]
+        after = [mb for t, mb in self.samples if t >= warmup_s]
+        growth = (max(after) / after[0] - 1) if len(after) >= 2 and after[0] else None
         return {"pid": self.pid, "every_s": self.every_s,
                 "start": mbs[0] if mbs else None, "max": max(mbs) if mbs else None,
-                "end": mbs[-1] if mbs else None, "samples": self.samples}
+                "end": mbs[-1] if mbs else None, "warmup_s": warmup_s,
+                "after_warmup": after[0] if after else None, "growth_after_warmup": growth,
+                "samples": self.samples, "by_role": self.roles}
 
 
 def _proc_tree_rss(pid: int) -> float | None:
@@ -565,7 +583,14 @@ def plot_soak(rss: dict, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     t, mb = zip(*rss["samples"])
-    ax.plot(t, mb, marker=".")
+    ax.plot(t, mb, marker=".", label="all")
+    roles = sorted({r for _, by in rss.get("by_role", []) for r in by})
+    for role in roles if len(roles) > 1 else ():
+        ax.plot([t for t, _ in rss["by_role"]], [by.get(role, 0) for _, by in rss["by_role"]],
+                label=role, linewidth=1)
+    if rss.get("warmup_s"):
+        ax.axvline(rss["warmup_s"], color="k", linestyle=":", linewidth=1, label="warm-up end")
+    ax.legend(fontsize=8)
     ax.set_xlabel("seconds into the soak")
     ax.set_ylabel("server process tree RSS (MiB)")
     ax.grid(alpha=0.3)
@@ -657,7 +682,7 @@ def run_soak(args, url: str, clips: list[Upload], budgets: list[Budget], hostile
                     "codes_by_kind": {k: dict(collections.Counter(
                         r.error for r in bad if r.kind == k and r.error)) for k in HOSTILE_KINDS},
                     "not_4xx": dict(sorted(not_4xx.items()))},
-        "budgets": rows, "rss_mb": tree.report(),
+        "budgets": rows, "rss_mb": tree.report(args.soak_warmup),
     }
 
 
@@ -700,6 +725,8 @@ def parse_args(argv=None):
     g = ap.add_argument_group("soak (issue 7)")
     g.add_argument("--soak", type=float, metavar="SECONDS", help="soak for this long instead")
     g.add_argument("--hostile", type=float, default=0.1, help="hostile share in soak (0.1)")
+    g.add_argument("--soak-warmup", type=float, default=60, metavar="SECONDS",
+                   help="RSS growth is counted from this point of the soak (60)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where JSON/PNG go")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
@@ -756,6 +783,9 @@ def main(argv=None) -> int:
         checks = {"no_5xx": out["status_5xx"] == 0,
                   "hostile_all_4xx": not out["hostile"]["not_4xx"],
                   "no_temp_files_left": not left,
+                  # None: the soak was too short to measure it
+                  "rss_growth_under_10pct": None if out["rss_mb"]["growth_after_warmup"] is None
+                  else out["rss_mb"]["growth_after_warmup"] < 0.10,
                   "no_tracebacks_in_log": not info.get("tracebacks_in_log")}
         payload["checks"] = checks
         print_table([{"budget": r["budget"], "n": r["requests"], "ok": r["ok"],
@@ -772,10 +802,15 @@ def main(argv=None) -> int:
         print(f"\n5xx: {out['status_5xx']}   valid non-200: {out['valid']['errors_by_status']}")
         print("hostile by kind: " + "; ".join(f"{k} {v}" for k, v in
                                               out["hostile"]["by_kind"].items()))
-        print(f"server RSS MiB: start {rss['start']}, max {rss['max']}, end {rss['end']}   "
+        growth = rss["growth_after_warmup"]
+        print(f"server RSS MiB: start {rss['start']}, at {rss['warmup_s']:g} s "
+              f"{rss['after_warmup']}, max {rss['max']}, end {rss['end']}; growth after warm-up "
+              f"{'-' if growth is None else f'{growth:+.1%}'}   "
               f"temp files left: {left if left is not None else 'unknown (--server-tmpdir)'}")
-        print("checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in checks.items()))
-        status = 0 if all(checks.values()) else 1
+        print("checks: " + ", ".join(
+            f"{k} {'not measured' if v is None else 'ok' if v else 'FAILED'}"
+            for k, v in checks.items()))
+        status = 0 if all(v is not False for v in checks.values()) else 1
     elif left:
         print(f"temporary files left in the server's upload directory: {left}")
     write(f"{name}.json", payload, args.out_dir)

@@ -614,7 +614,8 @@ class Engine:
             "decoding": {"isolation": self.decoder.isolation,
                          "memory_bytes": getattr(self.decoder, "memory_bytes", None),
                          "processes": getattr(self.decoder, "processes", None),
-                         "restarts": getattr(self.decoder, "restarts", None)},
+                         "restarts": getattr(self.decoder, "restarts", None),
+                         "recycled": getattr(self.decoder, "recycled", None)},
             "table": self.table.to_dict(),
         }
 

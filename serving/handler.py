@@ -18,6 +18,7 @@ Any exception that is not one of ours becomes a 500 whose body says nothing but 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -101,6 +102,15 @@ class ClassifyHandler:
         self.loader, self.settings, self.metrics = loader, settings, metrics
         self.inflight = 0
         self._slot: asyncio.Lock | None = None
+        # Every request's decode, preprocess and model run on this one thread (they take turns
+        # anyway): on a thread pool's ever-changing threads, glibc gives each thread its own
+        # malloc arena, and every arena kept the peak of the requests it had seen (the worker's
+        # RSS grew by 100 MB over a 10-minute soak; benchmarks/serve_load.py --soak).
+        self._model_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="stretchysnake-model")
+
+    def close(self) -> None:
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
 
     def _refused(self, err: ServiceError) -> Answer:
         if self.metrics is not None:
@@ -142,8 +152,10 @@ class ClassifyHandler:
                 t_slot = time.perf_counter()
                 stages = {"upload": (t_read - arrival) * 1e3, "probe": (t_probed - t_read) * 1e3,
                           "queue": (t_slot - t_probed) * 1e3}
-                result = await anyio.to_thread.run_sync(functools.partial(
-                    engine.serve, upload.path, info, options, arrival=arrival, stages=stages))
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._model_thread, functools.partial(
+                        engine.serve, upload.path, info, options, arrival=arrival,
+                        stages=stages))
             if self.metrics is not None:
                 self.metrics.answered(result)
             return Answer(200, result)

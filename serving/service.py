@@ -39,6 +39,9 @@ from serving.errors import NotReady
 from serving.handler import ClassifyHandler, Loader
 from serving.options import DEFAULT_TOP_K, NAMES
 from serving.settings import Settings
+from serving.timeout import install as install_timeout_fix
+
+install_timeout_fix()  # BentoML's request timeout kept every request in memory (serving.timeout)
 
 log = logging.getLogger("stretchysnake.serving")
 
@@ -223,6 +226,8 @@ class StretchySnake:
     def remove_leftovers(self) -> None:
         """Uploads of this process still on disk (none unless a request was killed mid-way);
         the decoding processes are stopped."""
+        with contextlib.suppress(Exception):
+            self.handler.close()
         with contextlib.suppress(Exception):
             self.loader.close()
         directory = self.settings.tmpdir

@@ -323,6 +323,31 @@ def test_a_decoder_that_crashes_is_a_corrupt_video(tmp_path, clip_path):
         assert pool.probe(clip_path).width == 320  # replaced
 
 
+def test_a_child_is_replaced_after_max_calls_and_the_answers_do_not_change(clip_path):
+    inline = InlineDecoder().decode_frames(clip_path, 8, short_side=128)
+    def idle_pid(pool):  # a replacement starts in the background: wait for it
+        deadline = time.monotonic() + 30
+        while not pool.pids and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return pool.pids[0]
+
+    with DecodePool(processes=1, max_calls=3) as pool:
+        pool.start()
+        seen = []
+        for _ in range(7):
+            seen.append(idle_pid(pool))
+            np.testing.assert_array_equal(pool.decode_frames(clip_path, 8, short_side=128),
+                                          inline)
+        deadline = time.monotonic() + 30
+        while pool.recycled < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.recycled == 2 and pool.restarts == 0
+        # calls 1-3 in the first child, 4-6 in the second, 7 in the third
+        assert seen[0] == seen[2] != seen[3] == seen[5] != seen[6]
+    with pytest.raises(ValueError, match="max_calls"):
+        DecodePool(max_calls=0)
+
+
 def test_isolated_decoding_equals_inline_and_its_overhead_is_small(clip_path, capsys):
     inline, limits = InlineDecoder(), Limits()
     with DecodePool(processes=1) as pool:

@@ -31,7 +31,8 @@ def test_load_and_soak_against_the_real_server(tmp_path):
         assert serve_load.main(["--url", server.url, "--concurrency", "2", "--requests", "6",
                                 "--warmup", "1", *clips]) == 0
         serve_load.main(["--url", server.url, "--soak", "3", "--concurrency", "2",
-                         "--hostile", "0.4", "--server-pid", str(server.proc.pid),
+                         "--hostile", "0.4", "--soak-warmup", "1",
+                         "--server-pid", str(server.proc.pid),
                          "--server-tmpdir", str(tmp_path / "uploads"), "--no-plot", *clips])
 
     load = json.loads((out / "serve_load.json").read_text())
@@ -64,6 +65,10 @@ def test_load_and_soak_against_the_real_server(tmp_path):
     assert soak["tmp_files_left"] == [] and soak["checks"]["no_temp_files_left"]
     rss = soak["rss_mb"]
     assert rss["samples"] and rss["max"] >= rss["start"] > 50
+    assert rss["warmup_s"] == 1 and rss["after_warmup"] > 50
+    assert isinstance(rss["growth_after_warmup"], float)
+    assert soak["checks"]["rss_growth_under_10pct"] is (rss["growth_after_warmup"] < 0.10)
+    assert {"root", "workers", "decoders"} <= {r for _, by in rss["by_role"] for r in by}
     assert {r["budget"] for r in soak["budgets"]} == set(BUDGETS.split(","))
     assert all(r["client_ms"]["p99"] is None or r["client_ms"]["p99"] > 0 for r in soak["budgets"])
     assert "Traceback" not in (tmp_path / "server.log").read_text(errors="replace")
