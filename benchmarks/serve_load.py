@@ -509,6 +509,13 @@ def server(args, work: Path):
         sys.exit(f"the server did not start: {e}")
 
 
+def profile_configs(url: str) -> list[dict]:
+    """The configurations of the server's active profile (frames, pixels, patch, gflops)."""
+    view = httpx.get(url + "/profile", timeout=30).json()
+    return [{k: c[k] for k in ("frames", "pixels", "patch", "gflops")}
+            for c in view["table"]["configs"]]
+
+
 def server_profile(url: str) -> dict:
     try:
         view = httpx.get(url + "/profile", timeout=30).json()
@@ -639,6 +646,62 @@ def run_load(args, url: str, clips: list[Upload], budgets: list[Budget]) -> dict
     return {"levels": levels}
 
 
+def run_frontier(args, url: str, clips: list[Upload], budgets: list[Budget], served: dict,
+                 configs: list[dict]) -> dict:
+    """Issue 5's accuracy target: every profiled configuration as a fixed one (the frames,
+    pixels and patch overrides, no budget) on every clip at concurrency 1, then per budget the
+    best fixed configuration that fits it (met on >= 99% of the clips, measured by the server's
+    total time; GFLOPs <= a GFLOP budget) against what the budgeted server answered on the same
+    clips (`served`: the concurrency-1 level of run_load)."""
+    fixed = []
+    for c in configs:
+        key = f"{c['frames']}x{c['pixels']}/{c['patch']}"
+        only = Budget(f"fixed {key}", {n: str(c[n]) for n in ("frames", "pixels", "patch")})
+        results, _ = run_clients(url, lambda i, b=only: (clips[i % len(clips)], b), 1,
+                                 len(clips), None, args.timeout, f"fixed {key}")
+        row = summarize(results, 1.0, only.name)
+        totals = [r.timing("total") for r in results if r.ok]
+        fixed.append({"config": key, "gflops": c["gflops"], "top1": row["top1"],
+                      "ok": row["ok"], "total_ms": {"p50": pct(totals, 50),
+                                                    "p99": pct(totals, 99)},
+                      "totals": totals})
+    by_budget = {r["budget"]: r for r in served["budgets"]}
+    rows = []
+    for b in budgets:
+        gflops = float(b.params["budget_gflops"]) if "budget_gflops" in b.params else None
+        if b.ms is None and gflops is None:
+            continue
+        fits = [f for f in fixed if f["ok"] == len(clips) and f["top1"] is not None
+                and (gflops is None or f["gflops"] <= gflops)
+                and (b.ms is None or np.mean(np.asarray(f["totals"]) <= b.ms) >= 0.99)]
+        best = max(fits, key=lambda f: (f["top1"], -f["gflops"]), default=None)
+        got = by_budget[b.name]["top1"]
+        rows.append({"budget": b.name, "served_top1": got, "served_configs":
+                     by_budget[b.name]["configs"],
+                     "best_fixed": best and best["config"], "best_fixed_top1": best and best["top1"],
+                     "fixed_that_fit": [f["config"] for f in fits],
+                     "served_at_least_fixed": None if best is None or got is None
+                     else got >= best["top1"]})
+    for f in fixed:
+        del f["totals"]
+    print_table([{"config": f["config"], "gflops": round(f["gflops"], 3),
+                  "top1": "-" if f["top1"] is None else f"{f['top1']:.1%}",
+                  "srv p50": _ms(f["total_ms"]["p50"]), "srv p99": _ms(f["total_ms"]["p99"])}
+                 for f in fixed], ["config", "gflops", "top1", "srv p50", "srv p99"],
+                title=f"fixed configurations, {len(clips)} clips each, concurrency 1")
+    print_table([{"budget": r["budget"],
+                  "served": "-" if r["served_top1"] is None else f"{r['served_top1']:.1%}",
+                  "best fixed that fits": r["best_fixed"] or "none fits",
+                  "its top1": "-" if r["best_fixed_top1"] is None
+                  else f"{r['best_fixed_top1']:.1%}",
+                  "served >= fixed": {None: "-", True: "yes", False: "NO"}[
+                      r["served_at_least_fixed"]]} for r in rows],
+                ["budget", "served", "best fixed that fits", "its top1", "served >= fixed"],
+                title="accuracy at each budget: budgeted server vs the best fixed configuration "
+                      "that fits (>= 99% of clips within the budget)")
+    return {"clips": len(clips), "fixed": fixed, "budgets": rows}
+
+
 def run_soak(args, url: str, clips: list[Upload], budgets: list[Budget], hostile: list[Upload],
              pid: int | None) -> dict:
     rng = random.Random(args.seed)
@@ -715,6 +778,10 @@ def parse_args(argv=None):
     g.add_argument("--warmup", type=int, help="unrecorded requests first (default: one per "
                                               "budget)")
     g.add_argument("--timeout", type=float, default=120, help="per request, seconds (120)")
+    g.add_argument("--frontier", action="store_true",
+                   help="with --data and a first --concurrency of 1: also every profiled "
+                        "configuration as a fixed one on the same clips, and per budget the "
+                        "best fixed configuration that fits against the budgeted answers")
     g = ap.add_argument_group("the clips")
     g.add_argument("--data", type=Path, help="a manifest.csv: its --split clips, and top-1")
     g.add_argument("--split", default="test")
@@ -746,6 +813,10 @@ def parse_args(argv=None):
         ap.error("--hostile is a share between 0 and 1")
     if args.requests < 1 or (args.duration is not None and args.duration <= 0):
         ap.error("--requests and --duration must be positive")
+    if args.frontier and (not args.data or args.soak is not None or args.concurrency[0] != 1
+                          or args.duration is not None):
+        ap.error("--frontier needs --data, a first --concurrency of 1 and --requests (every "
+                 "budget must see the same clips), and no --soak")
     return args
 
 
@@ -766,6 +837,8 @@ def main(argv=None) -> int:
                       "fps": 16, "codec": "h264",
                       "bytes": [len(c.data) for c in clips]}
         hostile = hostile_uploads(work / "hostile", clips[0].data) if args.soak else []
+        if args.frontier:  # every budget sees every clip once
+            args.requests = len(clips) * len(budgets)
         with server(args, work) as (url, pid, tmpdir, info):
             info["profile"] = server_profile(url)
             warm_up(url, clips, budgets, len(budgets) if args.warmup is None else args.warmup,
@@ -774,6 +847,9 @@ def main(argv=None) -> int:
                 out = run_soak(args, url, clips, budgets, hostile, pid)
             else:
                 out = run_load(args, url, clips, budgets)
+                if args.frontier:
+                    out["frontier"] = run_frontier(args, url, clips, budgets,
+                                                   out["levels"][0], profile_configs(url))
             left = leftovers(tmpdir)
         payload = {"mode": "soak" if args.soak else "load", "server": info, "clips": source,
                    "budgets": [b.name for b in budgets], **out, "tmp_files_left": left}

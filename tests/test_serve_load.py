@@ -72,3 +72,41 @@ def test_load_and_soak_against_the_real_server(tmp_path):
     assert {r["budget"] for r in soak["budgets"]} == set(BUDGETS.split(","))
     assert all(r["client_ms"]["p99"] is None or r["client_ms"]["p99"] > 0 for r in soak["budgets"])
     assert "Traceback" not in (tmp_path / "server.log").read_text(errors="replace")
+
+
+def test_frontier_compares_the_budgeted_server_with_every_fixed_configuration(tmp_path):
+    import numpy as np
+
+    from video.synthetic import encode_mp4, render_clip
+
+    labels = ["left", "right", "up", "down"]
+    _, ckpt, profile = tiny_checkpoint(tmp_path, labels, CONFIGS)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["path,label,split"]
+    for i, label in enumerate(labels[:3]):
+        frames = render_clip("move_e", np.random.default_rng(i), size=64, frames=16)
+        encode_mp4(frames, str(data / f"c{i}.mp4"))
+        rows.append(f"c{i}.mp4,{label},test")
+    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "results"
+    with serve(server_env(tmp_path, ckpt, profile), tmp_path / "server.log") as server:
+        assert serve_load.main(["--url", server.url, "--data", str(data / "manifest.csv"),
+                                "--concurrency", "1", "--budgets", "ms:60000,gflops:0.03,none",
+                                "--frontier", "--warmup", "0", "--no-plot",
+                                "--out-dir", str(out)]) == 0
+    frontier = json.loads((out / "serve_load.json").read_text())["frontier"]
+    fixed = {f["config"]: f for f in frontier["fixed"]}
+    assert frontier["clips"] == 3 and len(fixed) == len(CONFIGS)
+    assert all(f["ok"] == 3 and 0 <= f["top1"] <= 1 for f in fixed.values())
+    rows = {r["budget"]: r for r in frontier["budgets"]}
+    assert set(rows) == {"ms:60000", "gflops:0.03"}  # "none" has nothing to compare with
+    for name, row in rows.items():   # brute force: the best of what fits
+        fits = [f for f in fixed.values() if name.startswith("ms") or f["gflops"] <= 0.03]
+        assert set(row["fixed_that_fit"]) == {f["config"] for f in fits}
+        assert row["best_fixed_top1"] == max(f["top1"] for f in fits)
+        assert row["served_at_least_fixed"] is (row["served_top1"] >= row["best_fixed_top1"])
+    # with a minute to spare the server runs the most accurate profiled configuration, and the
+    # same model on the same clips answers the same as when that configuration is forced
+    [served] = rows["ms:60000"]["served_configs"]
+    assert served == "16x112/16" and rows["ms:60000"]["served_top1"] == fixed[served]["top1"]
