@@ -35,8 +35,13 @@ JSON). Uploads go to a fresh STRETCHYSNAKE_TMPDIR, checked for leftovers at the 
 Soak (--soak SECONDS): mixed traffic at --concurrency (default 8) for that long, a --hostile share
 of it hostile uploads (empty, a text file named .mp4, a truncated mp4, a bit-flipped mp4, a PNG
 image) that must be answered 4xx, never 5xx; reports the 5xx count, statuses of hostile and
-valid requests, the RSS of the server's process tree over time (psutil), temporary files left
-behind, p99 and budgets met per budget. Exit status 1 when a check fails.
+valid requests, the RSS of the server's process tree over time (psutil; by role: root, workers,
+decoding processes) and its growth after --soak-warmup, worker restarts (a new worker pid),
+temporary files left behind, p99 and budgets met per budget. Exit status 1 when a check fails.
+
+Frontier (--frontier, with --data at concurrency 1): after the budgeted requests, every profiled
+configuration forced on the same clips, and per budget the best fixed configuration that fits
+(met on >= 99% of the clips) against the budgeted server's top-1.
 
 Writes benchmarks/results/serve_load.{json,png} or serve_soak.{json,png} (--out-dir elsewhere).
 A progress line goes to stderr.
@@ -340,6 +345,7 @@ class ServerTree:
 
     def __init__(self, pid: int | None, every_s: float):
         self.pid, self.every_s, self.samples, self.roles = pid, every_s, [], []
+        self.workers: dict[int, float] = {}  # worker pid -> first seen (s): a restart adds one
         self.t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -349,8 +355,8 @@ class ServerTree:
         return None if total is None else sum(total.values())
 
     def by_role(self) -> dict[str, float] | None:
-        """RSS in MiB of the tree's processes summed by role: the server's root process, the
-        decoding processes (video.isolation) and the rest (BentoML's workers)."""
+        """RSS in MiB of the tree's processes summed by role: the server's root process, its
+        children (BentoML's workers), the decoding processes (video.isolation) and any other."""
         if self.pid is None:
             return None
         try:
@@ -368,8 +374,11 @@ class ServerTree:
             with contextlib.suppress(psutil.Error):
                 rss = p.memory_info().rss
                 role = ("root" if p.pid == self.pid else
-                        "decoders" if "video.isolation" in " ".join(p.cmdline()) else "workers")
+                        "decoders" if "video.isolation" in " ".join(p.cmdline()) else
+                        "workers" if p.ppid() == self.pid else "other")
                 roles[role] += rss / 2 ** 20
+                if role == "workers":
+                    self.workers.setdefault(p.pid, round(time.monotonic() - self.t0, 2))
         return dict(roles)
 
     def sample(self) -> None:
@@ -403,6 +412,7 @@ class ServerTree:
                 "start": mbs[0] if mbs else None, "max": max(mbs) if mbs else None,
                 "end": mbs[-1] if mbs else None, "warmup_s": warmup_s,
                 "after_warmup": after[0] if after else None, "growth_after_warmup": growth,
+                "worker_pids": {str(k): v for k, v in self.workers.items()},
                 "samples": self.samples, "by_role": self.roles}
 
 
@@ -862,7 +872,10 @@ def main(argv=None) -> int:
                   # None: the soak was too short to measure it
                   "rss_growth_under_10pct": None if out["rss_mb"]["growth_after_warmup"] is None
                   else out["rss_mb"]["growth_after_warmup"] < 0.10,
-                  "no_tracebacks_in_log": not info.get("tracebacks_in_log")}
+                  "no_tracebacks_in_log": not info.get("tracebacks_in_log"),
+                  # a worker that crashed is restarted by BentoML under a new pid
+                  "no_worker_restarts": None if not out["rss_mb"]["worker_pids"] else
+                  max(out["rss_mb"]["worker_pids"].values()) <= out["rss_mb"]["samples"][0][0]}
         payload["checks"] = checks
         print_table([{"budget": r["budget"], "n": r["requests"], "ok": r["ok"],
                       "p50": _ms(r["client_ms"]["p50"]), "p99": _ms(r["client_ms"]["p99"]),

@@ -103,9 +103,8 @@ class ClassifyHandler:
         self.inflight = 0
         self._slot: asyncio.Lock | None = None
         # Every request's decode, preprocess and model run on this one thread (they take turns
-        # anyway): on a thread pool's ever-changing threads, glibc gives each thread its own
-        # malloc arena, and every arena kept the peak of the requests it had seen (the worker's
-        # RSS grew by 100 MB over a 10-minute soak; benchmarks/serve_load.py --soak).
+        # anyway), so that their large, short-lived buffers come from one malloc arena: glibc
+        # gives each thread of a pool its own, and each arena keeps the peak it has seen.
         self._model_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="stretchysnake-model")
 

@@ -69,6 +69,7 @@ def test_load_and_soak_against_the_real_server(tmp_path):
     assert isinstance(rss["growth_after_warmup"], float)
     assert soak["checks"]["rss_growth_under_10pct"] is (rss["growth_after_warmup"] < 0.10)
     assert {"root", "workers", "decoders"} <= {r for _, by in rss["by_role"] for r in by}
+    assert len(rss["worker_pids"]) == 1 and soak["checks"]["no_worker_restarts"]
     assert {r["budget"] for r in soak["budgets"]} == set(BUDGETS.split(","))
     assert all(r["client_ms"]["p99"] is None or r["client_ms"]["p99"] > 0 for r in soak["budgets"])
     assert "Traceback" not in (tmp_path / "server.log").read_text(errors="replace")
