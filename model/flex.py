@@ -17,9 +17,13 @@ import torch.nn.functional as F
 def _linear_resize_matrix(old: int, new: int) -> torch.Tensor:
     """R (new x old), float64: the 1-D factor of torch's bilinear resize (align_corners=False,
     antialiased when shrinking). Bilinear 2-D resize of a p x p patch x is R @ x @ R.T."""
-    basis = torch.eye(old, dtype=torch.float64).reshape(old, 1, old, 1)
-    out = F.interpolate(basis, size=(new, 1), mode="bilinear", align_corners=False, antialias=new < old)
-    return out.reshape(old, new).T.contiguous()
+    # One-hot rows resized along the last axis, two rows high: torch's antialiased resize of an
+    # (old x 1) column image returns wrong values (torch 2.13: every output equals the first),
+    # which made every shrunken kernel see only the first pixels of its patch.
+    basis = torch.eye(old, dtype=torch.float64).reshape(old, 1, 1, old).expand(old, 1, 2, old)
+    out = F.interpolate(basis, size=(2, new), mode="bilinear", align_corners=False,
+                        antialias=new < old)
+    return out[:, 0, 0, :].T.contiguous()
 
 
 @functools.lru_cache(maxsize=256)

@@ -20,6 +20,29 @@ def test_pi_resize_preserves_tokens_when_upsampling(old, new):
     assert torch.allclose(after, before, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("old,new", [(16, 8), (16, 12), (16, 4), (13, 5), (16, 24), (9, 16)])
+def test_the_resize_matrix_is_torchs_2d_resize(old, new):
+    """R @ x @ R.T is exactly what the frames go through: torch's bilinear resize, antialiased
+    when shrinking (the PI-resize is only right if R is)."""
+    x = torch.randn(5, 1, old, old, dtype=torch.float64)
+    r = flex._linear_resize_matrix(old, new)
+    torch_resize = F.interpolate(x, size=(new, new), mode="bilinear", align_corners=False,
+                                 antialias=new < old)
+    assert torch.allclose(r @ x[:, 0] @ r.T, torch_resize[:, 0], atol=1e-12)
+
+
+def test_pi_resize_keeps_the_tokens_of_smooth_patches_when_shrinking():
+    """A patch with no detail finer than the smaller patch (a 2x upsampled 8x8 image, as a
+    frame shrunk to half its size shows it) keeps its token, close to exactly."""
+    w = torch.randn(6, 3, 16, 16, dtype=torch.float64)
+    small = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    x = F.interpolate(small, size=(16, 16), mode="bilinear", align_corners=False)
+    x_small = F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False, antialias=True)
+    before = torch.einsum("bcij,ocij->bo", x, w)
+    after = torch.einsum("bcij,ocij->bo", x_small, flex.resize_patch_kernel(w, 8, "pinv"))
+    assert torch.corrcoef(torch.stack([before.flatten(), after.flatten()]))[0, 1] > 0.9
+
+
 def test_pi_resize_downsampling_is_least_squares():
     """Shrinking cannot be exact; the result is the minimum-norm least-squares solution, so its
     residual is orthogonal to the range of the resize operator's transpose."""
