@@ -129,6 +129,12 @@ def server_env(root: Path, checkpoint: Path, profile: Path, **settings) -> dict:
     return env
 
 
+# What the service tests serve: four classes and four profiled configurations, (frames, pixels,
+# patch) -> accuracy, the most accurate also the most expensive.
+TINY_LABELS = ["left", "right", "up", "down"]
+TINY_CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+
+
 def tiny_checkpoint(root: Path, labels: list[str], accuracy: Mapping[tuple[int, int, int], float]):
     """(net, checkpoint dir, profile path) under `root`: a 2-layer, 32-wide nano (seed 0) and a
     quickly measured profile of the configurations in `accuracy` with those accuracies and a

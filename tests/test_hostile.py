@@ -30,6 +30,7 @@ import torch
 from serving.errors import from_video_error
 from serving.settings import Settings, SettingsError
 from serving.testing import ServerFailed, serve, server_env, tiny_checkpoint
+from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS
 from serving.engine import Engine
 from video import (CorruptVideo, DecodeMemoryExceeded, DecodeStats, DecodeTimeout,
                    FrameTooLarge, Limits, probe)
@@ -37,11 +38,7 @@ from video import corpus as hostile
 from video.isolation import DecodePool, InlineDecoder
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
-LABELS = ["left", "right", "up", "down"]
-CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 MAX_UPLOAD = 4_000_000
 MAX_DECODE_S = 1.0
 TARGET_S, MARGIN_S = 2.0, 1.0

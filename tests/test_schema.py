@@ -49,9 +49,7 @@ from serving.testing import ServerFailed, serve, server_env, tiny_checkpoint  # 
 from video.synthetic import CLASSES, encode_mp4, render_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 LABELS = ["left", "right", "up", "down"]
 # (frames, pixels, patch) -> accuracy; small, so each valid request costs a few ms of model time

@@ -13,16 +13,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import serve_load  # noqa: E402
 from serving.testing import serve, server_env, tiny_checkpoint  # noqa: E402
+from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
-CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 BUDGETS = "ms:60000,gflops:0.03,none"
 
 
 def test_load_and_soak_against_the_real_server(tmp_path):
-    _, ckpt, profile = tiny_checkpoint(tmp_path, ["left", "right", "up", "down"], CONFIGS)
+    _, ckpt, profile = tiny_checkpoint(tmp_path, LABELS, CONFIGS)
     out = tmp_path / "results"
     clips = ["--clips", "2", "--clip-size", "64", "--clip-frames", "16", "--budgets", BUDGETS,
              "--out-dir", str(out)]
@@ -80,12 +78,11 @@ def test_frontier_compares_the_budgeted_server_with_every_fixed_configuration(tm
 
     from video.synthetic import encode_mp4, render_clip
 
-    labels = ["left", "right", "up", "down"]
-    _, ckpt, profile = tiny_checkpoint(tmp_path, labels, CONFIGS)
+    _, ckpt, profile = tiny_checkpoint(tmp_path, LABELS, CONFIGS)
     data = tmp_path / "data"
     data.mkdir()
     rows = ["path,label,split"]
-    for i, label in enumerate(labels[:3]):
+    for i, label in enumerate(LABELS[:3]):
         frames = render_clip("move_e", np.random.default_rng(i), size=64, frames=16)
         encode_mp4(frames, str(data / f"c{i}.mp4"))
         rows.append(f"c{i}.mp4,{label},test")

@@ -29,18 +29,13 @@ from serving.options import Options, parse_options
 from serving.selector import ProfileTable
 from serving.settings import Settings, SettingsError
 from serving.testing import ServerFailed, free_port, serve, server_env, tiny_checkpoint
+from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS
 from serving.upload import FILE_MARKER, read_upload
 from video import errors as verr
 from video.synthetic import CLASSES, encode_mp4, render_clip
 
 REPO = Path(__file__).resolve().parent.parent
-# BentoML's own dependencies warn about their dependencies (pathspec, pydantic): not ours
-pytestmark = [pytest.mark.filterwarnings("ignore:.*GitWildMatchPattern:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-              pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
-LABELS = ["left", "right", "up", "down"]
-# (frames, pixels, patch) -> accuracy: the most accurate is also the most expensive
-CONFIGS = {(4, 56, 8): 0.5, (8, 56, 8): 0.6, (8, 112, 16): 0.7, (16, 112, 16): 0.8}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 MAX_UPLOAD = 300_000
 MAX_INFLIGHT = 2
 START_TIMEOUT_S = 90
