@@ -110,6 +110,18 @@ def test_rendered_clips_are_fresh_balanced_and_preprocessed():
     assert abs(float(clip.mean())) < 3  # normalised like decoded clips
     with pytest.raises(ValueError, match="synthetic benchmark"):
         RenderedClips(["walking"], clips_per_epoch=4)
+    with pytest.raises(ValueError, match="clutter"):
+        RenderedClips(classes, clips_per_epoch=4, clutter=-1)
+
+
+def test_rendered_clips_clutter_scales_only_the_clutter():
+    from video import synthetic
+    classes = list(synthetic.CLASSES[:2])
+    plain = RenderedClips(classes, clips_per_epoch=2, seed=3, clutter=0.0)[(0, 4, 64, 0)][0]
+    busy = RenderedClips(classes, clips_per_epoch=2, seed=3)[(0, 4, 64, 0)][0]
+    # the same draws; without clutter the background is flat and still, so the clip varies less
+    assert not torch.equal(plain, busy)
+    assert plain.std(dim=(1, 2, 3)).mean() < busy.std(dim=(1, 2, 3)).mean()
 
 
 def test_training_on_rendered_clips(dataset, tmp_path):

@@ -155,6 +155,8 @@ class RenderedClips(Dataset):
             raise ValueError(f"cannot render classes that are not the synthetic benchmark's: {unknown}")
         if clips_per_epoch < 1:
             raise ValueError(f"clips_per_epoch must be positive, not {clips_per_epoch}")
+        if not 0 <= clutter <= 3:  # the generator's own range
+            raise ValueError(f"clutter must be in 0..3, not {clutter}")
         self.classes, self.clips_per_epoch, self.seed = classes, clips_per_epoch, seed
         self.size, self.clip_frames, self.clutter = size, clip_frames, clutter
 

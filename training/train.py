@@ -64,6 +64,9 @@ def parse_args(argv=None):
     ap.add_argument("--render", type=int, metavar="N",
                     help="synthetic benchmark only: train on N new clips per epoch rendered on the fly "
                          "instead of the train split's videos (validation still decodes the val split)")
+    ap.add_argument("--render-clutter", type=float, default=1.0, metavar="SCALE",
+                    help="with --render: the rendered clips' clutter (video.synthetic --clutter); "
+                         "the val split keeps the clutter it was generated with")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
@@ -221,7 +224,7 @@ def main(argv=None):
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank)
     if args.render:
-        dataset = _WithPatch(RenderedClips(classes, args.render, seed=args.seed))
+        dataset = _WithPatch(RenderedClips(classes, args.render, seed=args.seed, clutter=args.render_clutter))
     else:
         dataset = _WithPatch(ClipDataset(train, classes, mode="train", seed=args.seed, cache=args.cache))
     steps_per_epoch = len(batch_starts(len(dataset), args.batch_size, world)[rank::world])
