@@ -3,6 +3,7 @@ over frames x pixels on the synthetic test split, printed and plotted.
 
     python benchmarks/table1.py                 # the bundled checkpoints, data/synthetic (made if missing)
     python benchmarks/table1.py --quick         # a 2 x 2 grid on 60 test clips
+    python benchmarks/table1.py --write-evaluation   # also each checkpoint's evaluation.json
 
 StretchySnake runs each frame size with the static-tokens patch (the native token grid, what it
 was trained for); vanilla with its one native patch (what a fixed-patch model does), and also
@@ -12,12 +13,14 @@ benchmarks/results/table1.{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import DEFAULT_DATA, RESULTS, ensure_data, print_table, save  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, SYNTHETIC_COMMAND, ensure_data, print_table, save  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from model.flex import static_tokens_patch  # noqa: E402
 from training.data import load_samples  # noqa: E402
@@ -34,6 +37,29 @@ def evaluate_grid(models: dict, samples, classes, frames_list, pixels_list, batc
                 rows.append({"model": name, "frames": frames, "pixels": pixels, "patch": patch})
     scores = top1_many(runs, samples, classes, batch_size, log=lambda m: print(" ", m, file=sys.stderr))
     return [{**row, "top1": 100 * score} for row, score in zip(rows, scores)]
+
+
+def evaluation_record(net, rows, rule_names, samples, data) -> dict:
+    """A checkpoint's evaluation.json: its grid under each patch rule it was run with, its top-1
+    at the native configuration and at the best one, and how it was trained (config.extra)."""
+    cfg, extra = net.config, net.load_report.extra or {}
+    grids = {rule: [{k: r[k] for k in ("frames", "pixels", "patch", "top1")} for r in rows if r["model"] == model]
+             for model, rule in rule_names.items()}
+    first = grids[next(iter(rule_names.values()))]
+    native = [r["top1"] for r in first
+              if (r["frames"], r["pixels"], r["patch"]) == (cfg.num_frames, cfg.img_size, cfg.patch_size)]
+    data = Path(data).resolve()
+    if data.parent == DEFAULT_DATA:
+        data = f"{data.relative_to(ROOT)} (python {' '.join(SYNTHETIC_COMMAND).replace(str(ROOT) + '/', '')})"
+    record = {"split": "test", "clips": len(samples), "data": str(data),
+              "source": f"python benchmarks/table1.py ({time.strftime('%Y-%m-%dT%H:%M:%S')})",
+              "top1_native": native[0] if native else None,
+              "top1_best": max(r["top1"] for r in first),
+              "grid": first}
+    for rule, grid in list(grids.items())[1:]:
+        record[f"grid_{rule}_patch"] = grid
+    record.update(training=extra.get("command"), val_history=extra.get("history", []))
+    return record
 
 
 def plot(rows, frames_list, pixels_list, path: Path):
@@ -67,6 +93,8 @@ def main():
     ap.add_argument("--frames", default="4,8,16,32")
     ap.add_argument("--pixels", default="56,84,112,168,224")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--write-evaluation", action="store_true",
+                    help="write each checkpoint's evaluation.json (the bundled checkpoints' own record)")
     args = ap.parse_args()
     frames_list = [int(v) for v in args.frames.split(",")]
     pixels_list = [int(v) for v in args.pixels.split(",")]
@@ -97,6 +125,13 @@ def main():
     save(f"{name}.json", {"frames": frames_list, "pixels": pixels_list, "test_clips": len(samples),
                           "rows": rows, "summary": summary})
     plot(rows, frames_list, pixels_list, RESULTS / f"{name}.png")
+    if args.write_evaluation and not args.quick:
+        for net, path, rules in ((snake, args.stretchysnake, {"StretchySnake": "static_tokens"}),
+                                 (vanilla, args.vanilla, {"vanilla": "native",
+                                                          "vanilla (static-tokens patch)": "static_tokens"})):
+            record = evaluation_record(net, rows, rules, samples, args.data)
+            (path / "evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
+            print(f"wrote {path / 'evaluation.json'}")
 
 
 if __name__ == "__main__":
