@@ -151,6 +151,20 @@ def test_resume_continues(dataset, tmp_path):
     assert len(config["extra"]["history"]) == 2
 
 
+def test_stop_after_then_resume_equals_one_run(dataset, tmp_path):
+    from safetensors.torch import load_file
+    common = ["--flex", "static_tokens", "--data", str(dataset / "manifest.csv"), "--batch-size", "4",
+              "--workers", "0", "--sizes", "24,32", "--frames", "2,4", "--epochs", "2", *TINY]
+    whole, paused = tmp_path / "whole", tmp_path / "paused"
+    train_mod.main(common + ["--out", str(whole)])
+    assert len(train_mod.main(common + ["--out", str(paused), "--stop-after", "1"])) == 1
+    train_mod.main(common + ["--out", str(paused), "--resume"])
+    a, b = load_file(whole / "model.safetensors"), load_file(paused / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):
+        train_mod.parse_args(common + ["--out", str(paused), "--stop-after", "0"])
+
+
 def test_ddp_two_processes_gloo(dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -2,6 +2,7 @@
 
     python -m training.train --flex static_tokens --data DIR/manifest.csv --preset nano --out CKPT
     python -m training.train ... --resume            # continue from CKPT's last epoch
+    python -m training.train ... --stop-after 5      # pause after epoch 5 (--resume goes on exactly)
     torchrun --nproc_per_node 2 -m training.train ...  # data-parallel (gloo on CPU, nccl on GPU)
 
 --flex: none (vanilla, native configuration only) | temporal | static_patch | static_tokens
@@ -69,10 +70,16 @@ def parse_args(argv=None):
                          "the val split keeps the clutter it was generated with")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--stop-after", type=int, metavar="EPOCH",
+                    help="end this run after epoch EPOCH (1-based); the schedule still spans --epochs, "
+                         "and --resume continues exactly where it stopped")
     ap.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
     ap.add_argument("--val-split", default="val", help="manifest split evaluated after each epoch ('' for none)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        ap.error(f"--stop-after must be >= 1, got {args.stop_after}")
+    return args
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -247,7 +254,8 @@ def main(argv=None):
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs; frames {sampler.frames}, sizes {sampler.sizes}",
               file=sys.stderr)
 
-    for epoch in range(start_epoch, args.epochs):
+    last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    for epoch in range(start_epoch, last_epoch):
         batches = batches_for_epoch(len(dataset), args.batch_size, sampler, epoch, args.seed, rank, world)[:steps_per_epoch]
         if epoch == start_epoch or args.workers == 0 or not args.cache:
             # with a cache, the same worker processes live on across epochs to keep it
