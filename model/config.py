@@ -44,9 +44,6 @@ class VideoMambaConfig:
     scan_order: str = "spatial_first"
     patch_resize: str = "pinv"  # FlexiViT pseudo-inverse resize, or plain bicubic
     pos_init: str = "trunc_normal"  # only affects a fresh init; loaded weights overwrite it
-    # Amplitude of the sincos tables. At 1 a fresh nano's tokens are ~99% position after the first
-    # norm (content deviations ~0.5 against a norm-11.8 offset, nearly constant over 8 frames).
-    pos_init_scale: float = 1.0
     pool: str = "cls"
     norm_eps: float = 1e-5
     drop_path_rate: float = 0.0
@@ -61,8 +58,6 @@ class VideoMambaConfig:
             problems.append(f"backward_order={self.backward_order!r} (choose from {BACKWARD_ORDERS})")
         if self.pos_init not in POS_INITS:
             problems.append(f"pos_init={self.pos_init!r} (choose from {POS_INITS})")
-        if not self.pos_init_scale > 0:
-            problems.append(f"pos_init_scale={self.pos_init_scale!r} (must be > 0)")
         if self.pool not in POOLS:
             problems.append(f"pool={self.pool!r} (choose from {POOLS})")
         if self.scan_order not in SCAN_ORDERS:

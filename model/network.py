@@ -240,8 +240,8 @@ class VideoMamba(nn.Module):
         spatial = cfg.grid_size ** 2
         if cfg.pos_init == "sincos":
             with torch.no_grad():
-                table = sincos_spatial(cfg.grid_size, cfg.embed_dim) * cfg.pos_init_scale
-                frames = sincos_1d(torch.arange(cfg.temporal_size, dtype=torch.float64), cfg.embed_dim) * cfg.pos_init_scale
+                table = sincos_spatial(cfg.grid_size, cfg.embed_dim)
+                frames = sincos_1d(torch.arange(cfg.temporal_size, dtype=torch.float64), cfg.embed_dim)
                 if cfg.pos_embed == "separable":
                     self.pos_embed[0, 1:] = table
                     self.temporal_pos_embedding.copy_(frames[None])
