@@ -151,6 +151,25 @@ def test_resume_continues(dataset, tmp_path):
     assert len(config["extra"]["history"]) == 2
 
 
+def test_init_keeps_the_head_only_for_the_same_classes(dataset, tmp_path):
+    from model import build_model, save_checkpoint
+    manifest = str(dataset / "manifest.csv")
+    classes = load_samples(manifest)[1]
+    tiny = dict(embed_dim=32, depth=2, img_size=32, num_frames=4)
+    for name, labels in (("same", classes), ("renamed", ["up", "down"]), ("more", ["a", "b", "c"])):
+        source = build_model("nano", num_classes=len(labels), **tiny)
+        with torch.no_grad():
+            source.head.weight.fill_(1.0)
+        save_checkpoint(source, tmp_path / name, labels=labels)
+        args = train_mod.parse_args(["--data", manifest, "--out", str(tmp_path / "out"), "--init", str(tmp_path / name)])
+        net, state = train_mod.initial_model(args, classes)
+        assert state is None and net.labels == classes and net.head.weight.shape == (2, 32)
+        kept = bool((net.head.weight == 1.0).all())
+        assert kept == (name == "same"), name
+        if not kept:  # VideoMamba's fresh head, not the file's
+            assert float(net.head.weight.detach().std()) < 0.05 and not net.head.bias.any()
+
+
 def test_stop_after_then_resume_equals_one_run(dataset, tmp_path):
     from safetensors.torch import load_file
     common = ["--flex", "static_tokens", "--data", str(dataset / "manifest.csv"), "--batch-size", "4",

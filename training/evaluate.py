@@ -1,5 +1,5 @@
 """Evaluate a checkpoint: top-1 at one configuration or over a grid, and the paper's retrieval
-protocol (cls features; each test clip takes the label of its nearest training clip).
+protocol (the features the head reads; each test clip takes the label of its nearest training clip).
 
     python -m training.evaluate --checkpoint CKPT --data MANIFEST                 # native config
     python -m training.evaluate --checkpoint CKPT --data MANIFEST --frames 16 --pixels 56 --patch 8

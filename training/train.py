@@ -46,7 +46,8 @@ def parse_args(argv=None):
     ap.add_argument("--preset", default="nano")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a model config field, e.g. --set depth=4 (repeatable)")
-    ap.add_argument("--init", help="start from this checkpoint (ours or a public VideoMamba .pth), new head")
+    ap.add_argument("--init", help="start from this checkpoint (ours or a public VideoMamba .pth) with a new head; a "
+                         "checkpoint of ours already trained on the same classes keeps its head")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -200,6 +201,27 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- main
+def initial_model(args, classes: list[str]):
+    """(network, train state or None): --resume's checkpoint and state; --init's checkpoint with a
+    new head unless it was trained on exactly these classes; else a fresh --preset."""
+    out = Path(args.out)
+    if args.resume:
+        if not (out / STATE_FILE).is_file():
+            sys.exit(f"--resume: no {STATE_FILE} in {out}")
+        net = load_checkpoint(out)
+        if list(getattr(net, "labels", None) or classes) != classes:
+            sys.exit("--resume: the checkpoint's classes differ from the dataset's")
+        return net, torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    if args.init:
+        net = load_checkpoint(args.init, num_classes=len(classes), drop_path_rate=args.drop_path)
+        if getattr(net, "labels", None) != classes:  # a head kept for its class count means other classes
+            _fresh_head(net, classes)
+        return net, None
+    net = build_model(args.preset, num_classes=len(classes), drop_path_rate=args.drop_path, **parse_overrides(args.set))
+    net.labels = list(classes)
+    return net, None
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world = setup_distributed(args.device)
@@ -212,19 +234,7 @@ def main(argv=None):
     train = [s for s in samples if s.split == "train"] if has_splits else samples
     val = [s for s in samples if s.split == args.val_split] if has_splits and args.val_split else []
 
-    state = None
-    if args.resume:
-        if not (out / STATE_FILE).is_file():
-            sys.exit(f"--resume: no {STATE_FILE} in {out}")
-        net = load_checkpoint(out)
-        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-    elif args.init:
-        net = load_checkpoint(args.init, num_classes=len(classes), drop_path_rate=args.drop_path)
-    else:
-        net = build_model(args.preset, num_classes=len(classes), drop_path_rate=args.drop_path,
-                          **parse_overrides(args.set))
-    if list(getattr(net, "labels", None) or classes) != classes:
-        sys.exit("--resume: the checkpoint's classes differ from the dataset's")
+    net, state = initial_model(args, classes)
     net.to(device).train()
     cfg = net.config
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
@@ -302,6 +312,14 @@ def main(argv=None):
     if dist.is_initialized():
         dist.destroy_process_group()
     return history
+
+
+def _fresh_head(net, classes):
+    """A new classification head (VideoMamba's init: truncated normal, std 0.02; zero bias)."""
+    with torch.no_grad():
+        net.head.weight.copy_(torch.randn(net.head.weight.shape).clamp_(-2, 2) * 0.02)
+        net.head.bias.zero_()
+    net.labels = list(classes)
 
 
 def _tuple(value):
