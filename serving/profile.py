@@ -13,7 +13,8 @@ table goes to `profiles/<device slug>.json` (`default_profile_path`), where the 
 
 Default grid, from the model's native (T frames, P pixels, patch p, token grid g = P // p):
 frames {T/2, T, 2T, 4T}, pixels {P/2, P, 2P}, and for each size the static-tokens patch
-(pixels // g, the native token grid) and the native patch. Configurations whose patch is larger
+(pixels // g, the native token grid), the native patch and the patch of a 2x2 token grid
+(pixels // 2: the cheapest configurations, 4 tokens a frame). Configurations whose patch is larger
 than the frame, or with more than --max-tokens tokens (default 4x the native count), are skipped
 and listed in meta.skipped.
 
@@ -76,6 +77,7 @@ Key = tuple[int, int, int]  # (frames, pixels, patch)
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 FRAME_RATIOS = (0.5, 1, 2, 4)
 PIXEL_RATIOS = (0.5, 1, 2)
+COARSE_GRID = 2  # the coarsest token grid that still has a layout: where >= 90% FLOP cuts live
 MAX_TOKENS_FACTOR = 4  # default --max-tokens: this many times the native token count
 
 
@@ -140,7 +142,8 @@ def make_grid(cfg: VideoMambaConfig, frames: Iterable[int] | None = None,
               max_tokens: int | None = None) -> tuple[list[Key], list[dict]]:
     """(configurations to profile, sorted; skipped ones with the reason).
 
-    patches=None: for each size its static-tokens patch and the native patch. max_tokens=None:
+    patches=None: for each size its static-tokens patch, the native patch and the 2x2-grid
+    patch (pixels // COARSE_GRID). max_tokens=None:
     MAX_TOKENS_FACTOR x the native token count."""
     default_frames, default_pixels = default_axes(cfg)
     frames = sorted(set(frames or default_frames))
@@ -150,7 +153,8 @@ def make_grid(cfg: VideoMambaConfig, frames: Iterable[int] | None = None,
     for t in frames:
         for px in pixels:
             choices = (sorted(set(patches)) if patches
-                       else sorted({static_tokens_patch(px, cfg.grid_size), cfg.patch_size}))
+                       else sorted({static_tokens_patch(px, cfg.grid_size), cfg.patch_size,
+                                    max(1, px // COARSE_GRID)}))
             for p in choices:
                 if t < cfg.tubelet:
                     why = f"fewer frames than the tubelet ({cfg.tubelet})"

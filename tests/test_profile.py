@@ -62,16 +62,18 @@ def test_default_grid_of_nano():
     cfg = get_config("nano")  # 8 frames, 112 px, patch 16: a 7x7 grid, 393 tokens
     configs, skipped = prof.make_grid(cfg)
     assert prof.default_axes(cfg) == ([4, 8, 16, 32], [56, 112, 224])
-    # static tokens (56 -> 8, 224 -> 32, native grid 7x7) at every frames, native patch 16 too
+    # static tokens (56 -> 8, 224 -> 32, native grid 7x7) at every frames, native patch 16 too,
+    # and the 2x2 token grid (56 -> 28, 112 -> 56, 224 -> 112)
     for t in (4, 8, 16, 32):
-        for px, p in ((56, 8), (112, 16), (224, 32), (56, 16)):
+        for px, p in ((56, 8), (112, 16), (224, 32), (56, 16), (56, 28), (112, 56), (224, 112)):
             assert (t, px, p) in configs
+    assert {p for t, px, p in configs if px == 56} == {8, 16, 28}
     assert (8, 112, 16) in configs and (8, 224, 16) in configs  # 1569 tokens <= 4 x 393
     assert (16, 224, 16) not in configs and (32, 224, 16) not in configs  # 3137, 6273 tokens
     assert ({(s["frames"], s["pixels"], s["patch"]) for s in skipped}
             == {(16, 224, 16), (32, 224, 16)})
     assert all("max_tokens 1572" in s["reason"] for s in skipped)
-    assert configs == sorted(configs) and len(configs) == len(set(configs)) == 18
+    assert configs == sorted(configs) and len(configs) == len(set(configs)) == 30
 
 
 def test_grid_flags_and_skips():

@@ -14,7 +14,7 @@ import torch
 
 from training import train as train_mod
 from training.data import RenderedClips, load_samples
-from training.variants import VARIANTS, ConfigSampler
+from training.variants import VARIANTS, Config, ConfigSampler, parse_configs
 from model import VideoMambaConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,28 @@ def test_variant_configurations():
             assert {c.pixels for c in configs} == {120} and all(120 % c.patch == 0 for c in configs)
         if variant == "flex_all":
             assert all(c.pixels % c.patch == 0 for c in configs) and len({c.patch for c in configs}) > 2
+
+
+def test_also_mixes_extra_configurations_in():
+    cfg = VideoMambaConfig(embed_dim=32, depth=2, img_size=112, num_frames=8)
+    also = parse_configs("8x56/28, 4x56/16")
+    assert also == [Config(8, 56, 28), Config(4, 56, 16)]
+    sampler = ConfigSampler("static_tokens", cfg, seed=3, also=also, also_fraction=0.25)
+    draws = [sampler.sample() for _ in range(4000)]
+    extra = sum(c in also for c in draws) / len(draws)
+    assert 0.22 < extra < 0.28 and {c for c in draws if c in also} == set(also)
+    assert all(7 <= c.pixels // c.patch <= 8 for c in draws if c not in also)  # the rest: static tokens
+    again = ConfigSampler("static_tokens", cfg, seed=3, also=also, also_fraction=0.25)
+    assert [again.sample() for _ in range(4000)] == draws  # seeded
+    for bad in ("8x56", "8x56/x", "56/28"):
+        with pytest.raises(ValueError, match="FRAMESxPIXELS/PATCH"):
+            parse_configs(bad)
+    with pytest.raises(ValueError, match="patch <= pixels"):
+        ConfigSampler("none", cfg, also=[Config(8, 56, 64)], also_fraction=0.5)
+    with pytest.raises(ValueError, match="needs configurations"):
+        ConfigSampler("none", cfg, also_fraction=0.5)
+    with pytest.raises(SystemExit):
+        train_mod.parse_args(["--data", "x", "--out", "y", "--also", "8x56/28"])  # no fraction
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

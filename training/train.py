@@ -31,7 +31,7 @@ from model import build_model, load_checkpoint, save_checkpoint
 
 from .data import ClipDataset, RenderedClips, load_samples
 from .evaluate import top1
-from .variants import VARIANTS, ConfigSampler
+from .variants import VARIANTS, ConfigSampler, parse_configs
 
 STATE_FILE = "train_state.pt"
 NO_DECAY = ("pos_embed", "cls_token", "temporal_pos_embedding", "A_log", "A_b_log", "D", "D_b")
@@ -59,6 +59,10 @@ def parse_args(argv=None):
     ap.add_argument("--clip-grad", type=float, default=1.0)
     ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="frame sizes (default: scaled paper set)")
     ap.add_argument("--frames", type=lambda s: [int(v) for v in s.split(",")], help="frame counts (default: scaled paper set)")
+    ap.add_argument("--also", type=_configs, default=[], metavar="FxP/PATCH,...",
+                    help="extra configurations mixed into training, e.g. 8x56/28,4x56/16 (see --also-fraction)")
+    ap.add_argument("--also-fraction", type=float, default=0.0,
+                    help="fraction of batches drawn uniformly from --also instead of the --flex variant")
     ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                     help="auto: bf16 autocast on a GPU that has it, off on the CPU")
     ap.add_argument("--workers", type=int, default=1, help="decoding processes per rank")
@@ -78,9 +82,18 @@ def parse_args(argv=None):
     ap.add_argument("--val-split", default="val", help="manifest split evaluated after each epoch ('' for none)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
+    if bool(args.also) != bool(args.also_fraction):
+        ap.error("--also and --also-fraction go together")
     if args.stop_after is not None and args.stop_after < 1:
         ap.error(f"--stop-after must be >= 1, got {args.stop_after}")
     return args
+
+
+def _configs(text: str):
+    try:
+        return parse_configs(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -239,7 +252,8 @@ def main(argv=None):
     cfg = net.config
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
-    sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank)
+    sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank,
+                            also=args.also, also_fraction=args.also_fraction)
     if args.render:
         dataset = _WithPatch(RenderedClips(classes, args.render, seed=args.seed, clutter=args.render_clutter))
     else:

@@ -37,6 +37,19 @@ def default_frames(cfg: VideoMambaConfig) -> list[int]:
     return sorted({max(cfg.tubelet, round(r * cfg.num_frames)) for r in PAPER_FRAME_RATIOS})
 
 
+def parse_configs(text: str) -> list[Config]:
+    """'8x56/28,4x56/16' (frames x pixels / patch) -> [Config(8, 56, 28), Config(4, 56, 16)]."""
+    configs = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            size, patch = item.split("/")
+            frames, pixels = size.lower().split("x")
+            configs.append(Config(int(frames), int(pixels), int(patch)))
+        except ValueError:
+            raise ValueError(f"bad configuration {item!r}: want FRAMESxPIXELS/PATCH, e.g. 8x56/28") from None
+    return configs
+
+
 def divisors_in(n: int, lo: float, hi: float) -> list[int]:
     return [p for p in range(max(1, int(lo)), int(hi) + 1) if n % p == 0 and lo <= p <= hi]
 
@@ -44,9 +57,20 @@ def divisors_in(n: int, lo: float, hi: float) -> list[int]:
 class ConfigSampler:
     """Draws the configuration of each training batch for one variant."""
 
-    def __init__(self, variant: str, cfg: VideoMambaConfig, sizes=None, frames=None, seed: int = 0):
+    def __init__(self, variant: str, cfg: VideoMambaConfig, sizes=None, frames=None, seed: int = 0,
+                 also: list[Config] | None = None, also_fraction: float = 0.0):
         if variant not in VARIANTS:
             raise ValueError(f"unknown flex variant {variant!r}; choose from {VARIANTS}")
+        if not 0 <= also_fraction <= 1:
+            raise ValueError(f"also_fraction must be in [0, 1], got {also_fraction}")
+        if also_fraction and not also:
+            raise ValueError("also_fraction > 0 needs configurations to mix in (also)")
+        for c in also or []:
+            if c.patch < 1 or c.patch > c.pixels or c.frames < 1:
+                raise ValueError(f"cannot train at {c}: needs frames >= 1 and 1 <= patch <= pixels")
+        # extra configurations a fraction of the batches trains at, whatever the variant draws
+        # otherwise (e.g. the tiny token grids that a >= 90% FLOP cut needs)
+        self.also, self.also_fraction = list(also or []), also_fraction
         self.variant, self.cfg = variant, cfg
         self.sizes = list(sizes) if sizes else default_sizes(cfg)
         self.frames = list(frames) if frames else default_frames(cfg)
@@ -62,6 +86,8 @@ class ConfigSampler:
 
     def sample(self) -> Config:
         cfg, rng, v = self.cfg, self.rng, self.variant
+        if self.also_fraction and rng.random() < self.also_fraction:
+            return rng.choice(self.also)
         if v == "none":
             return self.native()
         frames = rng.choice(self.frames)
