@@ -491,7 +491,8 @@ def test_engine_measures_and_caches_a_quick_profile_when_none_exists(assets, tmp
     net = assets["net"]
     table, source = eng.resolve_table(net, settings, torch.device("cpu"), quick)
     assert "measured now" in source and table.decode_model is not None
-    assert {c.key for c in table.configs} == {(4, 56, 8), (4, 56, 16)}
+    # the profiler's grid: the native patch, the half-sized one and the 2x2-token-grid one
+    assert {c.key for c in table.configs} == {(4, 56, 8), (4, 56, 16), (4, 56, 28)}
     again, source2 = eng.resolve_table(net, settings, torch.device("cpu"), quick)
     assert "measured now" not in source2 and again.to_dict() == table.to_dict()
     assert len(list((tmp_path / "cache" / "profiles").glob("*-quick.json"))) == 1
