@@ -491,7 +491,7 @@ def test_engine_measures_and_caches_a_quick_profile_when_none_exists(assets, tmp
     net = assets["net"]
     table, source = eng.resolve_table(net, settings, torch.device("cpu"), quick)
     assert "measured now" in source and table.decode_model is not None
-    # the profiler's grid: the native patch, the half-sized one and the 2x2-token-grid one
+    # the profiler's grid at 56 px: the static-tokens patch (7x7 grid), the native 16 and the 2x2-grid 28
     assert {c.key for c in table.configs} == {(4, 56, 8), (4, 56, 16), (4, 56, 28)}
     again, source2 = eng.resolve_table(net, settings, torch.device("cpu"), quick)
     assert "measured now" not in source2 and again.to_dict() == table.to_dict()
