@@ -5,8 +5,9 @@ the profiler, it times all configurations in interleaved rounds, so drift hits t
     python benchmarks/profile_check.py                          # this device's table, profiles/<device>.json
     python benchmarks/profile_check.py --profile profiles/NAME.json --checkpoint CKPT --min-seconds 1
 
-Latency does not depend on the weights, so the model is built from the table's meta.model (a
-checkpoint only when given). Writes benchmarks/results/profile_check.json.
+It times the model the table timed: --checkpoint, else the table's meta.checkpoint where that
+still exists, else a fresh model built from meta.model (latency does not depend on the weights,
+so this is the same network). Writes benchmarks/results/profile_check.json.
 """
 from __future__ import annotations
 
@@ -27,10 +28,26 @@ from serving.selector import ProfileTable  # noqa: E402
 TOLERANCE = 0.15
 
 
+def model_to_time(meta: dict, checkpoint=None):
+    """(network, where it came from): the checkpoint given, else the one the table was measured on
+    (meta.checkpoint, relative to the working directory or the repository), else meta.model."""
+    if checkpoint:
+        return load_checkpoint(checkpoint), str(checkpoint)
+    recorded = meta.get("checkpoint")
+    if recorded:
+        for candidate in (Path(recorded), ROOT / recorded):
+            if candidate.exists():
+                return load_checkpoint(candidate), str(candidate)
+    if "model" in meta:
+        return build_model(VideoMambaConfig.from_dict(meta["model"])), "a fresh model from meta.model"
+    sys.exit("the table's checkpoint is gone and it has no meta.model: pass --checkpoint")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", type=Path)
-    ap.add_argument("--checkpoint", help="model to time (default: a fresh one from the table's meta.model)")
+    ap.add_argument("--checkpoint", help="model to time (default: the table's meta.checkpoint, else a "
+                                         "fresh one from its meta.model)")
     ap.add_argument("--device")
     ap.add_argument("--min-runs", type=int, default=20)
     ap.add_argument("--min-seconds", type=float, default=1.0)
@@ -40,12 +57,8 @@ def main(argv=None):
         sys.exit(f"no profile at {path}: python -m serving.profile --checkpoint CKPT --out {path}")
     table = ProfileTable.load(path)
     raw = json.loads(path.read_text())
-    if args.checkpoint:
-        net = load_checkpoint(args.checkpoint)
-    elif "model" in raw["meta"]:
-        net = build_model(VideoMambaConfig.from_dict(raw["meta"]["model"]))
-    else:
-        sys.exit(f"{path} has no meta.model: pass --checkpoint")
+    net, source = model_to_time(raw["meta"], args.checkpoint)
+    print(f"model: {source}", file=sys.stderr)
     threads = raw["meta"].get("threads")
     if threads and threads != torch.get_num_threads():
         torch.set_num_threads(threads)  # compare like with like
@@ -68,8 +81,8 @@ def main(argv=None):
     worst = max(rows, key=lambda r: abs(r["error_pct"]))
     print(f"\n{held}/{len(rows)} within {100 * TOLERANCE:.0f}%; worst {worst['error_pct']:+.1f}% at "
           f"{worst['frames']}f {worst['pixels']}px p{worst['patch']}")
-    save("profile_check.json", {"machine": machine(), "profile": str(path), "tolerance": TOLERANCE,
-                                "held": held, "configs": len(rows), "rows": rows})
+    save("profile_check.json", {"machine": machine(), "profile": str(path), "model": source,
+                                "tolerance": TOLERANCE, "held": held, "configs": len(rows), "rows": rows})
     return rows
 
 
