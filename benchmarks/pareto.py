@@ -43,8 +43,9 @@ def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def efficiency_check(rows: list[dict], native: tuple[int, int, int]) -> dict:
-    """The cheapest-by-latency row with >= 90% fewer GFLOPs than `native`, >= 3x faster (p50) and
-    within 5 points of the best top-1; None where no row qualifies (or latency is unknown)."""
+    """The most accurate row (ties: fewer GFLOPs) with >= 90% fewer GFLOPs than `native`, >= 3x
+    faster (p50) and within 5 points of the best top-1; None where no row qualifies (or latency
+    is unknown)."""
     best = max(r["top1"] for r in rows)
     base = next((r for r in rows if (r["frames"], r["pixels"], r["patch"]) == native), None)
     out = {"native": dict(zip(("frames", "pixels", "patch"), native)), "best_top1": best, "found": None}

@@ -184,3 +184,23 @@ def test_bad_arguments(tmp_path, capsys, args, message):
 def test_missing_required_argument():
     res = _run("--clips", "5", "--seed", "0")  # through the real entry point
     assert res.returncode == 2 and "--out" in res.stderr
+
+
+def test_actor_pose_follows_the_class():
+    """The actor's pose over a whole clip (what render_clip draws and benchmarks/oracle.py reads)."""
+    t = S.FULL_CLIP
+
+    def pose(name, seed=1):
+        return S.actor_pose(name, np.random.default_rng(seed), t, 128)
+
+    east, north = pose("move_e"), pose("move_n")
+    assert east["x"][-1] - east["x"][0] > 50 and abs(east["y"][-1] - east["y"][0]) < 20
+    assert north["y"][0] - north["y"][-1] > 50  # screen y points down
+    assert np.diff(pose("rotate_cw")["ang"]).min() >= 0 and np.diff(pose("rotate_ccw")["ang"]).max() <= 0
+    assert pose("grow")["length"][-1] / pose("grow")["length"][0] > 1.5
+    still = pose("still")
+    assert np.ptp(still["x"]) == np.ptp(still["ang"]) == np.ptp(still["length"]) == 0
+    for name in S.CLASSES:  # the actor's centre stays in the frame (a grown actor may reach out)
+        for seed in range(5):
+            p = pose(name, seed)
+            assert 0 < p["x"].min() and p["x"].max() < 128 and 0 < p["y"].min() and p["y"].max() < 128

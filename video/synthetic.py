@@ -169,6 +169,42 @@ def actor_track(class_name: str, rng: np.random.Generator, t: np.ndarray, k: flo
     return {"dx": dx, "dy": dy, "ang": ang, "logs": logs, "vis": vis}
 
 
+FULL_CLIP = np.linspace(0.0, 1.0, 64)  # the instants of an encoded clip at the default length
+
+
+def _twin(rng: np.random.Generator) -> np.random.Generator:
+    """A generator that will draw what `rng` draws next (rng itself is left untouched)."""
+    twin = np.random.Generator(type(rng.bit_generator)())
+    twin.bit_generator.state = rng.bit_generator.state
+    return twin
+
+
+def actor_pose(class_name: str, rng: np.random.Generator, t: np.ndarray, size: int,
+               whole_clip: bool = True) -> dict:
+    """Where the actor is drawn at instants ``t``: centre x, y (px), angle (rad), length (px along
+    its long axis) and visibility per instant, at frame size ``size``; everything about the actor
+    that the class shows (benchmarks/oracle.py classifies from it). ``whole_clip``: ``t`` spans
+    the whole clip; otherwise the path is laid out on the full clip's frames so that its start and
+    extent do not depend on which instants are drawn."""
+    k = size / NATIVE
+    base_len = rng.uniform(20, 26) * k * ACTOR_SCALE
+    base_ang = rng.uniform(0, 2 * np.pi)
+    whole = _twin(rng)
+    track = actor_track(class_name, rng, t, k)
+    path = track if whole_clip else actor_track(class_name, whole, FULL_CLIP, k)
+    # First-frame position from one class-independent distribution (centre +-14% of the frame);
+    # only if a path would leave the frame is it shifted back in (most moves: the actor is big).
+    margin = SHAPE_RADIUS * float(base_len * np.exp(path["logs"]).max()) + 2 * k + 1
+    pos = []
+    for d, d_path in ((track["dx"], path["dx"]), (track["dy"], path["dy"])):
+        d, d_path = d - d_path[0], d_path - d_path[0]
+        start = size * rng.uniform(0.36, 0.64)
+        lo, hi = margin - d_path.min(), size - margin - d_path.max()
+        pos.append(d + (min(max(start, lo), hi) if hi > lo else 0.5 * (lo + hi)))
+    return {"x": pos[0], "y": pos[1], "ang": base_ang + track["ang"], "length": base_len * np.exp(track["logs"]),
+            "vis": track["vis"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Drawing
 
@@ -284,16 +320,6 @@ def _background(rng, size, t, k, clutter=1.0):
     return out
 
 
-FULL_CLIP = np.linspace(0.0, 1.0, 64)  # the instants of an encoded clip at the default length
-
-
-def _twin(rng: np.random.Generator) -> np.random.Generator:
-    """A generator that will draw what `rng` draws next (rng itself is left untouched)."""
-    twin = np.random.Generator(type(rng.bit_generator)())
-    twin.bit_generator.state = rng.bit_generator.state
-    return twin
-
-
 def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, frames: int = 64,
                 clutter: float = 1.0, times=None) -> np.ndarray:
     """One clip of ``class_name`` as uint8 (frames, size, size, 3) RGB; a pure function of its
@@ -335,23 +361,8 @@ def render_clip(class_name: str, rng: np.random.Generator, size: int = 128, fram
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     body, head = _two_tone(rng)
     outline_rgb = _hsv(rng.uniform(), 0.3, rng.uniform(0.0, 0.12))
-    base_len = rng.uniform(20, 26) * k * ACTOR_SCALE
-    base_ang = rng.uniform(0, 2 * np.pi)
-    # The path's start and extent are those of the whole clip, whichever instants are drawn.
-    whole = _twin(rng)
-    track = actor_track(class_name, rng, t, k)
-    path = actor_track(class_name, whole, FULL_CLIP, k) if times is not None else track
-    length = base_len * np.exp(track["logs"])
-    # First-frame position from one class-independent distribution (centre +-14% of the frame);
-    # only if a path would leave the frame is it shifted back in (most moves: the actor is big).
-    margin = SHAPE_RADIUS * float(base_len * np.exp(path["logs"]).max()) + 2 * k + 1
-    pos = []
-    for d, d_path in ((track["dx"], path["dx"]), (track["dy"], path["dy"])):
-        d, d_path = d - d_path[0], d_path - d_path[0]
-        start = size * rng.uniform(0.36, 0.64)
-        lo, hi = margin - d_path.min(), size - margin - d_path.max()
-        pos.append(d + (min(max(start, lo), hi) if hi > lo else 0.5 * (lo + hi)))
-    _draw_object(canvas, pad, pos[0], pos[1], base_ang + track["ang"], length, track["vis"], shape,
+    pose = actor_pose(class_name, rng, t, size, whole_clip=times is None)
+    _draw_object(canvas, pad, pose["x"], pose["y"], pose["ang"], pose["length"], pose["vis"], shape,
                  body, head, 1.0, 1.5 * k, outline_rgb)
     out = canvas[:, pad:pad + size, pad:pad + size]
     out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(2, 4) * clutter)

@@ -1,0 +1,31 @@
+"""benchmarks/oracle.py: the state oracle reads the class from the actor's poses."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import oracle  # noqa: E402
+from training.data import RenderedClips  # noqa: E402
+from video.sampling import sample_times  # noqa: E402
+
+
+def test_shown_frames_are_those_evaluation_decodes():
+    assert oracle.shown_frames(4).tolist() == [8, 24, 40, 56]
+    assert oracle.shown_frames(64).tolist() == list(range(64))
+    # the same frame grid training renders on (RenderedClips, test-mode times)
+    grid = np.minimum((sample_times(1.0, 8, "test") * RenderedClips(["still"], 1).clip_frames).astype(int), 63)
+    assert oracle.shown_frames(8).tolist() == grid.tolist()
+
+
+def test_oracle_learns_the_classes_from_poses():
+    x, y = oracle.poses(3000, seed=0)
+    assert x.shape == (3000, 64, 5) and np.isfinite(x).all()
+    assert np.array_equal(x, oracle.poses(3000, seed=0)[0])  # deterministic
+    xt, yt = oracle.poses(1050, seed=0, start=3000)
+    shown = oracle.shown_frames(8)
+    flat = [torch.from_numpy(a[:, shown].reshape(len(a), -1)) for a in (x, xt)]
+    top1, pred = oracle.fit_and_score(flat[0], torch.from_numpy(y), flat[1], torch.from_numpy(yt), epochs=8, seed=0)
+    assert pred.shape == (1050,)
+    assert top1 > 0.6  # chance is 1/21; a few seconds of training on exact poses
