@@ -29,3 +29,14 @@ def test_oracle_learns_the_classes_from_poses():
     top1, pred = oracle.fit_and_score(flat[0], torch.from_numpy(y), flat[1], torch.from_numpy(yt), epochs=8, seed=0)
     assert pred.shape == (1050,)
     assert top1 > 0.6  # chance is 1/21; a few seconds of training on exact poses
+
+
+def test_observe_adds_errors_of_the_stated_size():
+    x, _ = oracle.poses(400, seed=1)
+    assert oracle.observe(x, 0, seed=0) is x
+    seen = oracle.observe(x, 2.0, seed=0)
+    assert np.allclose(seen[..., 2] ** 2 + seen[..., 3] ** 2, 1, atol=1e-5)  # still an angle
+    px = (seen[..., :2] - x[..., :2]) * 128
+    assert 1.8 < px.std() < 2.2  # 2 px at 128 px
+    turn = np.rad2deg(np.arctan2(seen[..., 3], seen[..., 2]) - np.arctan2(x[..., 3], x[..., 2]))
+    assert 9 < np.std((turn + 180) % 360 - 180) < 11  # 10 degrees
