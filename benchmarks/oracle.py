@@ -1,15 +1,18 @@
 """How much of the synthetic benchmark's class can be read at all from T sampled frames: a "state
-oracle" that sees the actor's exact pose at the instants a model would see, no pixels.
+oracle" that sees the actor's pose at the instants a model would see (with pixel-sized errors),
+no pixels.
 
-    python benchmarks/oracle.py                          # frames 4,8,16,32; ~2 minutes on one core
-    python benchmarks/oracle.py --frames 4 --train 200000 --epochs 60
+    python benchmarks/oracle.py                          # frames 4,8,16,32; ~4 minutes on one core
+    python benchmarks/oracle.py --frames 4 --noise 3     # three times the observation errors
+    python benchmarks/oracle.py --noise 0                # exact poses
 
 Each example is one clip of the generator's distribution (video.synthetic.actor_pose: the same
 draws that render_clip makes for the actor), sampled like evaluation decodes an encoded 64-frame
 clip (video.sampling's segment middles). The features per sampled frame are the actor's centre
 (x, y as fractions of the frame), the cosine and sine of its angle and its log length: everything
-the class changes (background, distractors and colours are class-independent by construction).
-A small MLP is trained on fresh examples and scored on held-out ones. Its top-1 is a lower bound
+the class changes (background, distractors and colours are class-independent by construction),
+plus Gaussian errors of about what a picture shows (`observe`). A small MLP is trained on
+--train clips and scored on --test others. Its top-1 is a lower bound
 of what the poses at those instants can tell (the MLP may not be the best classifier), and what
 an image model at that frame count can hope for, which sees the poses only through pixels.
 Writes benchmarks/results/oracle.json: top-1 per frame count and the most confused pairs.
