@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import print_table, save  # noqa: E402
 from video import synthetic  # noqa: E402
-from video.sampling import sample_times  # noqa: E402
+from video.sampling import frame_indices, sample_times  # noqa: E402
 
 CLIP_FRAMES = len(synthetic.FULL_CLIP)  # the generator's clips, as encoded
 SALT = 0x0AC1E
@@ -42,7 +42,7 @@ SALT = 0x0AC1E
 
 def shown_frames(frames: int) -> np.ndarray:
     """Which of an encoded clip's frames evaluation decodes at `frames` (segment middles)."""
-    return np.minimum((sample_times(1.0, frames, "test") * CLIP_FRAMES).astype(int), CLIP_FRAMES - 1)
+    return frame_indices(sample_times(1.0, frames, "test"), CLIP_FRAMES)
 
 
 def poses(n: int, seed: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 import video
 from video import (CorruptVideo, DecodeStats, DecodeTimeout, FrameTooLarge, LimitExceeded, Limits,
                    NotAVideo, NoVideoStream, TooLarge, TooLong, VideoError, decode_frames,
-                   load_clip, preprocess, probe, sample_times)
+                   frame_indices, load_clip, preprocess, probe, sample_times)
 
 STEP = 6  # grey levels between consecutive frames
 
@@ -142,6 +142,11 @@ def test_sources_path_bytes_and_file_objects_agree(clip):
 
 def test_sample_times_test_mode_takes_segment_middles():
     np.testing.assert_allclose(sample_times(8.0, 4), [1.0, 3.0, 5.0, 7.0])
+
+
+def test_frame_indices_are_the_frames_the_times_land_on():
+    assert frame_indices([0.0, 0.49, 0.5, 0.999, 1.0], 64).tolist() == [0, 31, 32, 63, 63]
+    assert frame_indices(sample_times(1.0, 4), 64).tolist() == [8, 24, 40, 56]
 
 
 def test_sample_times_train_mode_is_random_within_segments_and_seeded():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from video import Limits, decode_frames, load_clip, preprocess, probe, sample_times
+from video import Limits, decode_frames, frame_indices, load_clip, preprocess, probe, sample_times
 from video import synthetic
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"}
@@ -122,7 +122,7 @@ class ClipDataset(Dataset):
         else:
             duration, all_frames = self._decoded(index)
             times = sample_times(duration, frames, self.mode, rng)
-            shown = np.minimum((times / duration * len(all_frames)).astype(int), len(all_frames) - 1)
+            shown = frame_indices(times / duration, len(all_frames))
             clip = preprocess(all_frames[shown], pixels)
         return clip, torch.tensor(self.class_index[sample.label])
 
@@ -168,8 +168,7 @@ class RenderedClips(Dataset):
         rng = np.random.default_rng((self.SALT, self.seed, *epoch, index))
         label = index % len(self.classes)
         # the frame each sampled instant lands on in an encoded clip of clip_frames frames
-        shown = np.minimum((sample_times(1.0, frames, "train", rng) * self.clip_frames).astype(int),
-                           self.clip_frames - 1)
+        shown = frame_indices(sample_times(1.0, frames, "train", rng), self.clip_frames)
         clip = synthetic.render_clip(self.classes[label], rng, self.size, clutter=self.clutter,
                                      times=shown / (self.clip_frames - 1))
         return preprocess(clip, pixels), torch.tensor(label)

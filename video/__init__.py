@@ -16,11 +16,11 @@ from .errors import (CorruptVideo, DecodeMemoryExceeded, DecodeTimeout, FrameToo
                      VideoError)
 from .limits import Limits
 from .probe import VideoInfo, probe
-from .sampling import sample_times
+from .sampling import frame_indices, sample_times
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 __all__ = [
-    "probe", "decode_frames", "load_clip", "preprocess", "sample_times", "VideoInfo", "Limits",
+    "probe", "decode_frames", "load_clip", "preprocess", "sample_times", "frame_indices", "VideoInfo", "Limits",
     "DecodeStats", "IMAGENET_MEAN", "IMAGENET_STD",
     "VideoError", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "CorruptVideo",
     "LimitExceeded", "TooLarge", "TooLong", "FrameTooLarge", "DecodeTimeout",

@@ -41,6 +41,12 @@ def sample_times(info, num_frames: int, mode: str = "test", rng: Rng = None) -> 
     return (np.arange(num_frames) + offsets) * segment
 
 
+def frame_indices(fractions, count: int) -> np.ndarray:
+    """Which of `count` equally long frames each time lands on; times as fractions of the
+    duration, e.g. sample_times(1.0, ...)."""
+    return np.minimum((np.asarray(fractions) * count).astype(int), count - 1)
+
+
 def _uniform(rng: Rng, n: int) -> np.ndarray:
     """n draws in [0, 1) from any of the accepted generators."""
     if rng is None or isinstance(rng, (int, np.integer)):
