@@ -9,7 +9,8 @@
 (StretchySnake) | flexivit | flex_all, the paper's variants (training/variants.py). AdamW with
 linear warm-up and cosine decay, label smoothing, bf16 autocast where the device has it; the
 checkpoint directory is rewritten after every epoch (model.safetensors + config.json +
-labels.json, and train_state.pt for --resume).
+labels.json, and train_state.pt for --resume). --distill-from adds self-distillation from a
+richer view of each clip (training/distill.py).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from torch.utils.data import DataLoader
 from model import build_model, load_checkpoint, save_checkpoint
 
 from .data import ClipDataset, RenderedClips, load_samples
+from .distill import distill_loss, frame_offset, student_frames, teacher_view
 from .evaluate import top1
-from .variants import VARIANTS, ConfigSampler, parse_configs
+from .variants import VARIANTS, Config, ConfigSampler, parse_configs
 
 STATE_FILE = "train_state.pt"
 NO_DECAY = ("pos_embed", "cls_token", "temporal_pos_embedding", "A_log", "A_b_log", "D", "D_b")
@@ -63,6 +65,12 @@ def parse_args(argv=None):
                     help="extra configurations mixed into training, e.g. 8x56/28,4x56/16 (see --also-fraction)")
     ap.add_argument("--also-fraction", type=float, default=0.0,
                     help="fraction of batches drawn uniformly from --also instead of the --flex variant")
+    ap.add_argument("--distill-from", metavar="CKPT",
+                    help="a frozen teacher (e.g. the --init checkpoint) that teaches each poor view from a richer "
+                         "view of the same clip: the native token grid, the native frame count (training/distill.py)")
+    ap.add_argument("--distill-weight", type=float, default=0.5,
+                    help="with --distill-from: the distillation term's share of the loss on the views it teaches")
+    ap.add_argument("--distill-temperature", type=float, default=2.0)
     ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                     help="auto: bf16 autocast on a GPU that has it, off on the CPU")
     ap.add_argument("--workers", type=int, default=1, help="decoding processes per rank")
@@ -84,6 +92,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if bool(args.also) != bool(args.also_fraction):
         ap.error("--also and --also-fraction go together")
+    if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
+        ap.error("--distill-weight must be in [0, 1] and --distill-temperature > 0")
     if args.stop_after is not None and args.stop_after < 1:
         ap.error(f"--stop-after must be >= 1, got {args.stop_after}")
     return args
@@ -126,15 +136,18 @@ def batch_starts(n: int, batch_size: int, world: int) -> range:
     return range(0, usable, batch_size)
 
 
-def batches_for_epoch(n: int, batch_size: int, sampler: ConfigSampler, epoch: int, seed: int, rank: int, world: int):
-    """Shuffled batches of (index, frames, pixels, patch, epoch): every rank draws the same list
-    (same seed) and takes its share, so each step's ranks see disjoint clips."""
+def batches_for_epoch(n: int, batch_size: int, sampler: ConfigSampler, epoch: int, seed: int, rank: int, world: int,
+                      decode_frames=None):
+    """Shuffled batches of (index, frames to decode, pixels, patch, epoch, frames): every rank draws
+    the same list (same seed) and takes its share, so each step's ranks see disjoint clips.
+    `decode_frames(config)` decodes more frames than the batch trains on (a teacher's view)."""
     order = list(range(n))
     random.Random(seed * 1000 + epoch).shuffle(order)
     batches = []
     for start in batch_starts(n, batch_size, world):
         c = sampler.sample()
-        batches.append([(i, c.frames, c.pixels, c.patch, epoch) for i in order[start:start + batch_size]])
+        decoded = decode_frames(c) if decode_frames else c.frames
+        batches.append([(i, decoded, c.pixels, c.patch, epoch, c.frames) for i in order[start:start + batch_size]])
     return batches[rank::world]
 
 
@@ -151,8 +164,9 @@ class _EpochBatches:
         return len(self.batches)
 
 
-class _WithPatch(torch.utils.data.Dataset):
-    """A dataset keyed by (index, frames, pixels, epoch) that also hands back the batch's patch."""
+class _WithView(torch.utils.data.Dataset):
+    """A dataset keyed by batches_for_epoch's tuples that also hands back the batch's patch and the
+    frames it trains on."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -161,9 +175,9 @@ class _WithPatch(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        index, frames, pixels, patch, epoch = key
-        clip, label = self.dataset[(index, frames, pixels, epoch)]
-        return clip, label, patch
+        index, decoded, pixels, patch, epoch, frames = key
+        clip, label = self.dataset[(index, decoded, pixels, epoch)]
+        return clip, label, patch, frames
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -254,10 +268,21 @@ def main(argv=None):
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank,
                             also=args.also, also_fraction=args.also_fraction)
-    if args.render:
-        dataset = _WithPatch(RenderedClips(classes, args.render, seed=args.seed, clutter=args.render_clutter))
+    teacher = None
+    if args.distill_from:
+        teacher = load_checkpoint(args.distill_from).to(device).eval().requires_grad_(False)
+        if list(getattr(teacher, "labels", None) or classes) != classes:
+            sys.exit("--distill-from: the teacher's classes differ from the dataset's")
+
+        def decode_frames(c):
+            richer = teacher_view(c, cfg)
+            return richer.frames if richer else c.frames
     else:
-        dataset = _WithPatch(ClipDataset(train, classes, mode="train", seed=args.seed, cache=args.cache))
+        decode_frames = None
+    if args.render:
+        dataset = _WithView(RenderedClips(classes, args.render, seed=args.seed, clutter=args.render_clutter))
+    else:
+        dataset = _WithView(ClipDataset(train, classes, mode="train", seed=args.seed, cache=args.cache))
     steps_per_epoch = len(batch_starts(len(dataset), args.batch_size, world)[rank::world])
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
@@ -280,7 +305,8 @@ def main(argv=None):
 
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
     for epoch in range(start_epoch, last_epoch):
-        batches = batches_for_epoch(len(dataset), args.batch_size, sampler, epoch, args.seed, rank, world)[:steps_per_epoch]
+        batches = batches_for_epoch(len(dataset), args.batch_size, sampler, epoch, args.seed, rank, world,
+                                    decode_frames)[:steps_per_epoch]
         if epoch == start_epoch or args.workers == 0 or not args.cache:
             # with a cache, the same worker processes live on across epochs to keep it
             loader = DataLoader(dataset, batch_sampler=_EpochBatches(dataset, batches), num_workers=args.workers,
@@ -289,14 +315,25 @@ def main(argv=None):
         progress = Progress(len(batches), f"epoch {epoch + 1}/{args.epochs}", rank == 0)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
-        for step, (clips, labels, patch) in enumerate(loader):
+        for step, (clips, labels, patch, frames) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, warmup, args.lr, args.min_lr)
             clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+            patch, frames = int(patch[0]), int(frames[0])
+            richer = teacher_view(Config(frames, clips.shape[-1], patch), cfg) if teacher is not None else None
             with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(model(clips, patch=int(patch[0])).float(), labels,
-                                       label_smoothing=args.label_smoothing)
+                if richer is not None:
+                    with torch.no_grad():
+                        taught = teacher(clips, patch=richer.patch)
+                    if clips.shape[2] != frames:
+                        stride = clips.shape[2] // frames
+                        clips = student_frames(clips, frames, frame_offset(args.seed + rank, epoch, step, stride))
+                logits = model(clips, patch=patch).float()
+                loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+                if richer is not None:
+                    loss = (1 - args.distill_weight) * loss + args.distill_weight * distill_loss(
+                        logits, taught, args.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -307,7 +344,7 @@ def main(argv=None):
             running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
             rate = seen / (time.perf_counter() - t0)
             progress.update(step + 1, f"loss {running:.3f} lr {optimizer.param_groups[0]['lr']:.2e} "
-                                      f"{rate:.1f} clips/s [{clips.shape[2]}f {clips.shape[-1]}px p{int(patch[0])}]")
+                                      f"{rate:.1f} clips/s [{clips.shape[2]}f {clips.shape[-1]}px p{patch}]")
         record = {"epoch": epoch + 1, "loss": running, "clips_per_s": seen / (time.perf_counter() - t0),
                   "seconds": time.perf_counter() - t0}
         if rank == 0:
