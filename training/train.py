@@ -268,17 +268,12 @@ def main(argv=None):
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank,
                             also=args.also, also_fraction=args.also_fraction)
-    teacher = None
+    teacher, decode_frames = None, None
     if args.distill_from:
         teacher = load_checkpoint(args.distill_from).to(device).eval().requires_grad_(False)
         if list(getattr(teacher, "labels", None) or classes) != classes:
             sys.exit("--distill-from: the teacher's classes differ from the dataset's")
-
-        def decode_frames(c):
-            richer = teacher_view(c, cfg)
-            return richer.frames if richer else c.frames
-    else:
-        decode_frames = None
+        decode_frames = lambda c: (teacher_view(c, cfg) or c).frames  # noqa: E731  (the teacher's frames)
     if args.render:
         dataset = _WithView(RenderedClips(classes, args.render, seed=args.seed, clutter=args.render_clutter))
     else:
