@@ -25,9 +25,10 @@ def average_checkpoints(paths) -> torch.nn.Module:
     nets = [load_checkpoint(p) for p in paths]
     first = nets[0]
     states = [net.state_dict() for net in nets]
-    for path, net, state in zip(paths[1:], nets[1:], states[1:]):
+    for path, net in zip(paths[1:], nets[1:]):
         if net.config != first.config:
-            differ = sorted(k for k, v in first.config.to_dict().items() if net.config.to_dict().get(k) != v)
+            ours, theirs = first.config.to_dict(), net.config.to_dict()
+            differ = sorted(k for k, v in ours.items() if theirs.get(k) != v)
             raise ValueError(f"{path}: configuration differs from {paths[0]} in {differ}")
         if list(net.labels or []) != list(first.labels or []):
             raise ValueError(f"{path}: labels differ from {paths[0]}")
