@@ -72,6 +72,14 @@ def top1_many(runs, samples, classes, batch_size: int = 16, workers: int = 1, lo
     return [c / len(samples) for c in correct]
 
 
+def default_patch(cfg, pixels: int, rule: str = "static_tokens") -> int:
+    """The patch a view gets when none is named: the native patch at native pixels (or always,
+    with rule "native"), else the one that keeps the native token grid."""
+    if pixels == cfg.img_size or rule == "native":
+        return cfg.patch_size
+    return static_tokens_patch(pixels, cfg.grid_size)
+
+
 def retrieval_top1(net, train, test, classes, frames, pixels, patch, batch_size=16, workers=0) -> float:
     """Nearest neighbour by cosine similarity of cls features, test -> train."""
     f_train, y_train = features_and_labels(net, train, classes, frames, pixels, patch, batch_size, workers, logits=False)
@@ -117,11 +125,7 @@ def main(argv=None):
     train = load_samples(args.data, "train")[0] if args.retrieval else None
 
     def patch_for(pixels: int, given: int | None) -> int:
-        if given is not None:
-            return given
-        if pixels == cfg.img_size or args.patch_rule == "native":
-            return cfg.patch_size
-        return static_tokens_patch(pixels, cfg.grid_size)
+        return given if given is not None else default_patch(cfg, pixels, args.patch_rule)
 
     def measure(frames, pixels, patch) -> dict:
         t0 = time.perf_counter()

@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 from model import load_checkpoint
-from model.flex import static_tokens_patch
 
 from .data import load_samples
-from .evaluate import top1_many
+from .evaluate import default_patch, top1_many
 
 
 def parse_view(text: str) -> tuple[int, int, int | None]:
@@ -64,10 +63,7 @@ def score(checkpoints, samples, classes, views, batch_size=16, workers=0, log=No
     for path, net in zip(checkpoints, nets):
         for view in views:
             frames, pixels, patch = parse_view(view)
-            if patch is None:
-                patch = net.config.patch_size if pixels == net.config.img_size else static_tokens_patch(
-                    pixels, net.config.grid_size)
-            runs.append((net, frames, pixels, patch))
+            runs.append((net, frames, pixels, default_patch(net.config, pixels) if patch is None else patch))
             keys.append((str(path), view))
     results = {str(c): {"checkpoint": str(c), "top1": {}} for c in checkpoints}
     for (path, view), value in zip(keys, top1_many(runs, samples, classes, batch_size, workers, log)):
@@ -87,21 +83,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rank_views = [v.strip() for v in args.rank.split(",") if v.strip()]
     show_views = [v.strip() for v in args.show.split(",") if v.strip() and v.strip() not in rank_views]
+    views = rank_views + show_views
     try:
-        for view in rank_views + show_views:
-            parse_view(view)
+        for view in views:
+            parse_view(view)  # a typo fails before any clip is decoded
         samples, classes = load_pooled(args.data)
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-        log(f"{len(args.checkpoints)} checkpoint(s) on {len(samples)} clips at {len(rank_views + show_views)} views")
-        results = score(args.checkpoints, samples, classes, rank_views + show_views, args.batch_size,
-                        args.workers, log)
+        log(f"{len(args.checkpoints)} checkpoint(s) on {len(samples)} clips at {len(views)} views")
+        results = score(args.checkpoints, samples, classes, views, args.batch_size, args.workers, log)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"training.select: {err}")
     for r in results:
         r["rank_mean"] = sum(r["top1"][v] for v in rank_views) / len(rank_views)
     best = max(results, key=lambda r: r["rank_mean"])  # the first of equals: the earlier checkpoint
     width = max(len(r["checkpoint"]) for r in results)
-    views = rank_views + show_views
     print(f"{'checkpoint':<{width}}  {'mean':>6}  " + "  ".join(f"{v:>8}" for v in views))
     for r in results:
         mark = "  <- best" if r is best else ""
