@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -51,8 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import CheckpointError, count_flops, load_checkpoint
-from model.flops import tokens as count_tokens
+from model import load_checkpoint
 from video import DecodeStats, Limits, VideoInfo, preprocess
 from video.isolation import InlineDecoder, make_decoder
 
@@ -61,8 +59,10 @@ from .correction import LatencyCorrector
 from .decode_cost import DecodeModel, write_test_video
 from .errors import BadParameters, BudgetInfeasible
 from .options import Options
-from .selector import ProfiledConfig, ProfileError, ProfileTable, Selection, select
+from .selector import ProfiledConfig, ProfileTable, Selection, select
 from .settings import Settings, SettingsError
+from .tables import (QuickProfile, model_fingerprint, quick_decode_model, reconcile,
+                     resolve_table)
 
 log = logging.getLogger("stretchysnake.serving")
 Key = tuple[int, int, int]
@@ -71,24 +71,6 @@ AXES = ("frames", "pixels", "patch")
 
 class EngineError(RuntimeError):
     """The engine cannot start (bad checkpoint, labels, profile, or nothing warms up)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class QuickProfile:
-    """How the server measures a profile itself when it finds none: a small grid around the
-    model's native configuration and a short timing budget (seconds, not minutes)."""
-
-    frame_ratios: tuple = (0.5, 1, 2)
-    pixel_ratios: tuple = (0.5, 1)
-    warmup: int = 1
-    min_runs: int = 5
-    min_seconds: float = 0.2
-    max_runs: int = 50
-    decode_seconds: float = 3.0
-    decode_video_sides: tuple = (128, 240)
-    decode_durations: tuple = (2.0,)
-    decode_codecs: tuple = ("libx264",)
-    decode_repeats: int = 2
 
 
 # ----------------------------------------------------------------------------- loading helpers
@@ -113,127 +95,6 @@ def load_labels(path: Path | None, net) -> list[str]:
     if len(labels) != n:
         raise EngineError(f"labels file {path} has {len(labels)} names for a head with {n} classes")
     return labels
-
-
-def model_fingerprint(net) -> str:
-    text = json.dumps(net.config.to_dict(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def reconcile(table: ProfileTable, net) -> tuple[ProfileTable, list[str]]:
-    """The table restricted to configurations this network can run, with tokens and GFLOPs
-    recomputed from the network (the table may come from another model); notes say what
-    changed."""
-    cfg = net.config
-    notes, keep = [], []
-    meta_model = table.meta.get("model")
-    if isinstance(meta_model, dict):
-        ours = cfg.to_dict()
-        differ = sorted(k for k in ("embed_dim", "depth", "patch_size", "img_size", "num_frames",
-                                    "tubelet", "d_state", "expand")
-                        if k in meta_model and meta_model[k] != ours.get(k))
-        if differ:
-            notes.append("the profile was measured on a different model ("
-                         + ", ".join(f"{k} {meta_model[k]} vs {ours[k]}" for k in differ)
-                         + "): its latencies are corrected online from observed requests")
-    changed = 0
-    for c in table.configs:
-        try:
-            toks = count_tokens(cfg, c.frames, c.pixels, c.patch)
-            gf = count_flops(cfg, c.frames, c.pixels, c.patch)
-        except ValueError as e:
-            notes.append(f"configuration {c.key} dropped: {e}")
-            continue
-        if toks != c.tokens or not math.isclose(gf, c.gflops, rel_tol=1e-3):
-            c = dataclasses.replace(c, tokens=toks, gflops=gf)
-            changed += 1
-        keep.append(c)
-    if not keep:
-        raise EngineError("no configuration of the profile table can run on this model: "
-                          + "; ".join(notes))
-    if changed:
-        notes.append(f"GFLOPs/tokens of {changed} configuration(s) recomputed for this model")
-    return dataclasses.replace(table, configs=tuple(keep)), notes
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock between the worker processes of one machine (no-op without fcntl)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def quick_decode_model(quick: QuickProfile, frames, pixels) -> dict:
-    frames, sides = sorted(set(frames)), sorted({min(pixels), max(pixels)})
-    videos = len(quick.decode_video_sides) * len(quick.decode_durations) * len(quick.decode_codecs)
-    if len(frames) * len(sides) * videos < 2:  # the fit needs two measurements at least
-        frames.append(2 * frames[-1])
-    return prof.profile_decode(frames, sides,
-                               video_sides=quick.decode_video_sides,
-                               durations=quick.decode_durations, codecs=quick.decode_codecs,
-                               repeats=quick.decode_repeats, budget_s=quick.decode_seconds,
-                               show_progress=False)
-
-
-def measure_quick_profile(net, device, quick: QuickProfile, checkpoint: str) -> dict:
-    cfg = net.config
-    frames, pixels = prof.default_axes(cfg, quick.frame_ratios, quick.pixel_ratios)
-    configs, skipped = prof.make_grid(cfg, frames, pixels)
-    if not configs:
-        raise EngineError("the quick profile grid is empty for this model")
-    decode = quick_decode_model(quick, [t for t, _, _ in configs], [p for _, p, _ in configs])
-    return prof.build_table(
-        net, configs, device=device, warmup=quick.warmup, min_runs=quick.min_runs,
-        min_seconds=quick.min_seconds, max_runs=quick.max_runs, decode_model=decode,
-        show_progress=False,
-        meta={"command": "measured by the server at startup (quick profile; run "
-                         "`python -m serving.profile` for a proper table)",
-              "checkpoint": checkpoint, "skipped": skipped, "quick": dataclasses.asdict(quick)})
-
-
-def resolve_table(net, settings: Settings, device: torch.device,
-                  quick: QuickProfile) -> tuple[ProfileTable, str]:
-    """(table, where it came from): STRETCHYSNAKE_PROFILE, else profiles/<device>.json, else a
-    quick profile measured now (kept in the cache directory for the next start; a file lock
-    makes the workers of one machine measure it once)."""
-    if settings.profile is not None:
-        if not settings.profile.is_file():
-            raise EngineError(f"profile table not found: {settings.profile} "
-                              "(from STRETCHYSNAKE_PROFILE)")
-        return ProfileTable.load(settings.profile), str(settings.profile)
-    default = prof.default_profile_path(device)
-    if default.is_file():
-        return ProfileTable.load(default), str(default)
-    slug = prof.profile_name(prof.device_name(device))
-    cached = settings.cache / "profiles" / f"{slug}-{model_fingerprint(net)}-quick.json"
-    with _file_lock(cached.with_suffix(".lock")):
-        if cached.is_file():
-            try:
-                table = ProfileTable.load(cached)
-                log.warning("no profile table at %s: using the quick profile measured at an "
-                            "earlier start, %s", default, cached)
-                return table, f"{cached} (quick profile)"
-            except ProfileError as e:
-                log.warning("ignoring a broken cached quick profile: %s", e)
-        log.warning("no profile table for this device at %s: measuring a quick profile now "
-                    "(a few seconds; `python -m serving.profile --checkpoint ...` writes a "
-                    "proper one)", default)
-        t0 = time.perf_counter()
-        table_dict = measure_quick_profile(net, device, quick, str(settings.checkpoint))
-        prof.write_table(table_dict, cached)
-        log.warning("quick profile: %d configurations measured in %.1f s, saved to %s",
-                    len(table_dict["configs"]), time.perf_counter() - t0, cached)
-        return ProfileTable.load(cached), f"{cached} (quick profile, measured now)"
 
 
 # ----------------------------------------------------------------------------- per request
@@ -620,5 +481,4 @@ class Engine:
         }
 
 
-__all__ = ["Engine", "EngineError", "QuickProfile", "Plan", "load_labels", "reconcile",
-           "resolve_table", "CheckpointError"]
+__all__ = ["Engine", "EngineError", "Plan", "load_labels"]

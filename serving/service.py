@@ -191,9 +191,10 @@ class StretchySnake:
         checkpoint, labels file or profile stops the server with one clear message instead of
         workers restarting forever."""
         from model import CheckpointError, load_checkpoint
-        from serving.engine import EngineError, load_labels, reconcile
+        from serving.engine import EngineError, load_labels
         from serving.selector import ProfileError, ProfileTable
         from serving.settings import SettingsError
+        from serving.tables import reconcile
 
         try:
             settings = Settings.from_env()

@@ -23,6 +23,7 @@ import torch
 from model import count_flops
 from serving import engine as eng
 from serving import profile as prof
+from serving import tables
 from serving.correction import LatencyCorrector
 from serving.errors import BadParameters, BadRequest, BudgetInfeasible, PayloadTooLarge
 from serving.options import Options, parse_options
@@ -483,17 +484,17 @@ def test_engine_classifies_selects_and_corrects_online(engine, assets):
 def test_engine_measures_and_caches_a_quick_profile_when_none_exists(assets, tmp_path,
                                                                       monkeypatch):
     monkeypatch.setattr(prof, "default_profile_path", lambda device=None: tmp_path / "none.json")
-    quick = eng.QuickProfile(frame_ratios=(0.5,), pixel_ratios=(0.5,), warmup=1, min_runs=1,
+    quick = tables.QuickProfile(frame_ratios=(0.5,), pixel_ratios=(0.5,), warmup=1, min_runs=1,
                              min_seconds=0, max_runs=1, decode_seconds=0.1,
                              decode_video_sides=(64,), decode_durations=(0.5,), decode_repeats=1)
     settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True,
                         cache=tmp_path / "cache", tmpdir=tmp_path / "up")
     net = assets["net"]
-    table, source = eng.resolve_table(net, settings, torch.device("cpu"), quick)
+    table, source = tables.resolve_table(net, settings, torch.device("cpu"), quick)
     assert "measured now" in source and table.decode_model is not None
     # the profiler's grid at 56 px: the static-tokens patch (7x7 grid), the native 16 and the 2x2-grid 28
     assert {c.key for c in table.configs} == {(4, 56, 8), (4, 56, 16), (4, 56, 28)}
-    again, source2 = eng.resolve_table(net, settings, torch.device("cpu"), quick)
+    again, source2 = tables.resolve_table(net, settings, torch.device("cpu"), quick)
     assert "measured now" not in source2 and again.to_dict() == table.to_dict()
     assert len(list((tmp_path / "cache" / "profiles").glob("*-quick.json"))) == 1
 
