@@ -12,6 +12,7 @@ the suite; the printed table marks every file over the 2 s target itself."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -30,10 +30,10 @@ import torch
 from serving.errors import from_video_error
 from serving.settings import Settings, SettingsError
 from serving.testing import ServerFailed, serve, server_env, tiny_checkpoint
+from serving.stages import Stages
 from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS
-from serving.engine import Engine
 from video import (CorruptVideo, DecodeMemoryExceeded, DecodeStats, DecodeTimeout,
-                   FrameTooLarge, Limits, probe)
+                   FrameTooLarge, Limits)
 from video import corpus as hostile
 from video.isolation import DecodePool, InlineDecoder
 
@@ -308,15 +308,62 @@ def test_the_memory_bound_stops_a_bomb_and_names_it(tmp_path, clip_path, capsys)
             f"{k} rejected after {v:.2f} s (DecodeMemoryExceeded)" for k, v in timings.items()))
 
 
-def test_a_decoder_that_crashes_is_a_corrupt_video(tmp_path, clip_path):
-    path = tmp_path / "bomb.mkv"
-    path.write_bytes(hostile.bomb())
+def _my_decoding_processes() -> list[int]:
+    """This process's decoding children (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"_child_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_decoder_killed_from_outside_costs_a_retry_not_an_error(tmp_path, clip_path):
     with DecodePool(processes=1, memory_bytes=8 << 30) as pool:
         pool.probe(clip_path)
         [pid] = pool.pids
-        threading.Timer(0.2, os.kill, (pid, signal.SIGSEGV)).start()  # as a decoder bug would
-        with pytest.raises(CorruptVideo, match="crashed.*SIGSEGV"):
-            pool.probe(path, Limits(max_decode_s=30))
+        # a slow call (the bomb takes 1.5-2 s to open); its process is killed under it
+        path = tmp_path / "bomb.mkv"
+        path.write_bytes(hostile.bomb(4))
+        threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
+        info = pool.probe(path, Limits(max_decode_s=30, max_frame_area=None))
+        assert info.width > 0 and pool.restarts == 1 and pool.pids != [pid]
+        # and SIGTERM, which a supervisor sends the whole process tree, is ignored
+        [pid] = pool.pids
+        os.kill(pid, signal.SIGTERM)
+        assert pool.probe(clip_path).width == 320 and pool.pids == [pid]
+
+
+def test_a_file_that_brings_two_decoders_down_is_a_corrupt_video(tmp_path, clip_path):
+    path = tmp_path / "bomb.mkv"
+    path.write_bytes(hostile.bomb())
+    stop = threading.Event()
+
+    def crash_every_decoder():  # as a decoder bug that this file triggers would
+        seen = {}
+        while not stop.wait(0.05):
+            for pid in _my_decoding_processes():
+                # 0.6 s after it appeared: started (~0.3 s), and busy with the 2 s bomb
+                if time.monotonic() - seen.setdefault(pid, time.monotonic()) > 0.6:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSEGV)
+
+    with DecodePool(processes=1, memory_bytes=8 << 30) as pool:
+        pool.probe(clip_path)
+        killer = threading.Thread(target=crash_every_decoder, daemon=True)
+        killer.start()
+        try:
+            with pytest.raises(CorruptVideo, match="crashed on this file twice.*SIGSEGV"):
+                pool.probe(path, Limits(max_decode_s=30))
+        finally:
+            stop.set()
+            killer.join()
         assert pool.probe(clip_path).width == 320  # replaced
 
 
@@ -383,9 +430,7 @@ def test_isolation_settings_errors_and_the_shared_decode_time(clip_path):
     with pytest.raises(TypeError, match="path or bytes"), open(__file__, "rb") as f:
         DecodePool().probe(f)
     # a request's decoding shares one max_decode_s: decode gets what opening the file left
-    info = probe(clip_path)
-    stub = SimpleNamespace(limits=Limits(max_decode_s=1.0), _opening_s={info: 0.7})
-    assert Engine.decode_limits(stub, info).max_decode_s == pytest.approx(0.3)
-    stub._opening_s[info] = 5.0
-    assert Engine.decode_limits(stub, info).max_decode_s == pytest.approx(0.1)
-    assert Engine.decode_limits(stub, None).max_decode_s == 1.0
+    stages = Stages(None, [], None, None, Limits(max_decode_s=1.0), None)
+    assert stages.decode_limits(0.7).max_decode_s == pytest.approx(0.3)
+    assert stages.decode_limits(5.0).max_decode_s == pytest.approx(0.1)
+    assert stages.decode_limits(0.0).max_decode_s == 1.0

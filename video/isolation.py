@@ -27,7 +27,13 @@ same Python: PyAV and numpy only, ~0.4 s and ~50 MB to start), one call at a tim
 - a call that runs longer than `limits.max_decode_s` (plus `grace_s`, so that the child's own
   cooperative deadline, which costs no restart, usually answers first) gets its child killed
   (SIGKILL) and raises `DecodeTimeout`;
-- a child that dies by itself (a crash inside a decoder) gives `CorruptVideo`;
+- a child that dies during a call (killed from outside, or a crash inside a decoder) costs a
+  retry on a fresh child; the file is blamed (`CorruptVideo`) only when it brings a second one
+  down too;
+- children ignore SIGTERM and SIGINT: a supervisor that signals the whole process tree at
+  shutdown (BentoML's circus stops a worker's children with it) must not take decoding away
+  from the requests the worker is still answering; the parent stops its children (`close`, or
+  its own exit closes their pipe);
 - a child is replaced after `max_calls` calls, so that what FFmpeg and malloc leave behind
   after thousands of videos does not add up.
 
@@ -165,7 +171,8 @@ def _caused_by_memory(err: BaseException) -> bool:
 
 def _child_main(request_fd: int, reply_fd: int, memory_bytes: int) -> int:
     """Serve calls until the parent closes the pipe, or until this process should be replaced."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a child stops
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent decides when a child stops
+        signal.signal(sig, signal.SIG_IGN)
     _few_malloc_arenas()
     baseline = _vm_bytes("VmSize")
     limited = bool(memory_bytes) and baseline is not None
@@ -317,14 +324,8 @@ class DecodePool:
         self._idle: list[_Child] = []
         self._count = 0          # children alive or starting
         self._closed = False
-        self._local = threading.local()
         self.restarts = 0        # children replaced after a timeout, a crash or a memory failure
         self.recycled = 0        # children replaced after max_calls calls
-
-    @property
-    def last_call_s(self) -> float | None:
-        """Seconds this thread's last call spent in a child (not waiting for one)."""
-        return getattr(self._local, "seconds", None)
 
     # -- the two calls
     def probe(self, source, limits: Limits | None = None) -> VideoInfo:
@@ -444,15 +445,28 @@ class DecodePool:
             threading.Thread(target=spawn, daemon=True, name="decode-spawn").start()
 
     def _call(self, op: str, kwargs: dict, timeout_s: float | None, what: str):
+        """One call in a child; a child that dies during it costs one retry on another."""
+        start = time.monotonic()
+        deadline = None if timeout_s is None else start + timeout_s + self.grace_s
+        try:
+            return self._call_once(op, kwargs, deadline, timeout_s, what)
+        except _ChildDied as first:
+            log.warning("a decoding process died (%s) while %s: retrying on another one",
+                        first.reason, what)
+            try:
+                return self._call_once(op, kwargs, deadline, timeout_s, what)
+            except _ChildDied as second:
+                raise CorruptVideo(f"the decoder crashed on this file twice ({first.reason}, "
+                                   f"then {second.reason}, while {what})") from None
+
+    def _call_once(self, op: str, kwargs: dict, deadline: float | None,
+                   timeout_s: float | None, what: str):
         child = self._acquire()
         healthy = False
         try:
             t0 = time.monotonic()
-            deadline = None if timeout_s is None else t0 + timeout_s + self.grace_s
-            self._local.seconds = None
             try:
                 reply = child.call((op, kwargs), deadline)
-                self._local.seconds = time.monotonic() - t0
             except _Expired:
                 elapsed = time.monotonic() - t0
                 raise DecodeTimeout(elapsed, timeout_s,
@@ -460,8 +474,7 @@ class DecodePool:
                                     f"Limits.max_decode_s); it was stopped after "
                                     f"{elapsed:.2f} s") from None
             except (EOFError, BrokenPipeError):
-                raise CorruptVideo(f"the decoder crashed on this file ({child.exit_reason()} "
-                                   f"while {what})") from None
+                raise _ChildDied(child.exit_reason()) from None
             status, value, retire = reply
             child.calls += 1
             # A long-lived child's RSS creeps up (FFmpeg's and malloc's leftovers from thousands
@@ -475,6 +488,12 @@ class DecodePool:
             raise value
         finally:
             self._release(child, healthy)
+
+
+class _ChildDied(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _portable(source):
