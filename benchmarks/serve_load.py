@@ -39,6 +39,17 @@ valid requests, the RSS of the server's process tree over time (psutil; by role:
 decoding processes) and its growth after --soak-warmup, worker restarts (a new worker pid),
 temporary files left behind, p99 and budgets met per budget. Exit status 1 when a check fails.
 
+Mixed budgets (--mixed, issue 29): every request draws its budget from --mix (default: 60, 100,
+150, 250 and 500 ms, or none), the same sequence for every policy of --policies (default
+deadline,fifo: one server each, started in turn, so that one run shows both side by side). Per
+concurrency level and policy: the share of latency budgets met at the client (a 200 answer
+within budget_ms of sending it; every budgeted request counts, errors and late answers too),
+the effective accuracy (correct and within budget, over all budgeted requests; needs --data),
+throughput, and p50/p99 client latency per budget. Writes serve_mixed.{json,png}:
+
+    python benchmarks/serve_load.py --mixed --data data/synthetic/manifest.csv \
+        --concurrency 1,4,8 --duration 60
+
 Frontier (--frontier, with --data at concurrency 1): after the budgeted requests, every profiled
 configuration forced on the same clips, and per budget the best fixed configuration that fits
 (met on >= 99% of the clips) against the budgeted server's top-1.
@@ -69,6 +80,7 @@ from benchmarks.common import RESULTS, machine, print_table, save  # noqa: E402
 from serving.testing import REPO, ServerFailed, serve  # noqa: E402
 
 DEFAULT_BUDGETS = "ms:40,ms:80,ms:200,gflops:0.1,none"
+DEFAULT_MIX = "ms:60,ms:100,ms:150,ms:250,ms:500,none"
 HOSTILE_KINDS = ("empty", "text", "truncated", "bitflip", "png")
 BUDGET_KEYS = {"ms": "budget_ms", "gflops": "budget_gflops"}
 
@@ -489,18 +501,22 @@ def server_env(args, work: Path, tmpdir: Path) -> tuple[dict, str]:
 
 
 @contextlib.contextmanager
-def server(args, work: Path):
+def server(args, work: Path, policy: str | None = None):
     """(url, pid or None, uploads directory or None, info): the --url server, or one started
-    here and stopped on leaving."""
+    here (with STRETCHYSNAKE_SCHEDULER=policy when given) and stopped on leaving."""
     if args.url:
         url = args.url.rstrip("/")
         port = httpx.URL(url).port
         pid = args.server_pid or (pid_listening_on(port) if port else None)
         yield url, pid, args.server_tmpdir, {"started_here": False, "url": url}
         return
+    if policy is not None:
+        work = work / policy
     tmpdir = work / "uploads"
-    tmpdir.mkdir()
+    tmpdir.mkdir(parents=True)
     env, what = server_env(args, work, tmpdir)
+    if policy is not None:
+        env["STRETCHYSNAKE_SCHEDULER"] = policy
     log = work / "server.log"
     print(f"starting bentoml serve ({what}); log: {log}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -656,6 +672,120 @@ def run_load(args, url: str, clips: list[Upload], budgets: list[Budget]) -> dict
     return {"levels": levels}
 
 
+def mixed_job(clips: list[Upload], mix: list[Budget], seed: int):
+    """Request i -> (clip, budget): the budget drawn from `mix` by a generator of its own, so
+    that every policy and every concurrency level sees the same sequence."""
+    def job(i):
+        return clips[i % len(clips)], mix[random.Random(seed * 1_000_003 + i).randrange(len(mix))]
+    return job
+
+
+def met_at_client(r: Result, budget: Budget) -> bool:
+    return r.ok and budget.ms is not None and r.client_ms <= budget.ms
+
+
+def summarize_mixed(results: list[Result], wall_s: float, mix: list[Budget]) -> dict:
+    """What a client sees: every request with a latency budget counts, errors included."""
+    by_name = {b.name: b for b in mix}
+    timed = [r for r in results if by_name[r.budget].ms is not None]
+    met = [r for r in timed if met_at_client(r, by_name[r.budget])]
+    correct = [r for r in met if r.label is not None and r.body["labels"][0]["label"] == r.label]
+    labelled = all(r.label is not None for r in timed)
+    rows = []
+    for b in mix:
+        mine = [r for r in results if r.budget == b.name]
+        ok = [r for r in mine if r.ok]
+        rows.append({
+            "budget": b.name, "requests": len(mine), "ok": len(ok),
+            "met": sum(met_at_client(r, b) for r in mine) if b.ms is not None else None,
+            "client_ms": {"p50": pct([r.client_ms for r in ok], 50),
+                          "p99": pct([r.client_ms for r in ok], 99)},
+            "configs": dict(collections.Counter(
+                "{frames}x{pixels}/{patch}".format(**r.body["config"]) for r in ok).most_common()),
+            "reasons": dict(collections.Counter(r.body["budget"]["reason"] for r in ok
+                                                if r.body["budget"]["reason"])),
+            "errors_by_status": by_status(mine)})
+    return {
+        "requests": len(results), "ok": sum(r.ok for r in results), "wall_s": round(wall_s, 2),
+        "throughput_rps": sum(r.ok for r in results) / wall_s if wall_s else None,
+        "latency_budgeted": len(timed), "met": len(met),
+        "met_share": len(met) / len(timed) if timed else None,
+        "effective_accuracy": len(correct) / len(timed) if timed and labelled else None,
+        "top1_answered": (sum(r.body["labels"][0]["label"] == r.label for r in results
+                              if r.ok and r.label is not None)
+                          / max(1, sum(r.ok and r.label is not None for r in results))
+                          if labelled else None),
+        "errors_by_status": by_status(results), "budgets": rows}
+
+
+def run_mixed(args, work: Path, clips: list[Upload], mix: list[Budget]) -> dict:
+    job = mixed_job(clips, mix, args.seed)
+    runs = []
+    for policy in args.policies:
+        with server(args, work, policy) as (url, pid, tmpdir, info):
+            info["profile"] = server_profile(url)
+            warm_up(url, clips, [Budget.parse("none")],
+                    3 * len(mix) if args.warmup is None else args.warmup, args.timeout)
+            levels = []
+            for conc in args.concurrency:
+                results, wall = run_clients(url, job, conc,
+                                            None if args.duration else args.requests,
+                                            args.duration, args.timeout,
+                                            f"{policy}, concurrency {conc}")
+                levels.append({"concurrency": conc, **summarize_mixed(results, wall, mix)})
+            info["tmp_files_left"] = leftovers(tmpdir)
+        runs.append({"policy": policy, "server": info, "levels": levels})
+    rows = []
+    for conc in args.concurrency:
+        for run in runs:
+            level = next(lv for lv in run["levels"] if lv["concurrency"] == conc)
+            row = {"conc": conc, "policy": run["policy"],
+                   "req/s": round(level["throughput_rps"], 1),
+                   "met": f"{level['met']}/{level['latency_budgeted']}"
+                          f" {level['met_share']:.1%}" if level["met_share"] is not None else "-",
+                   "eff. acc": "-" if level["effective_accuracy"] is None
+                   else f"{level['effective_accuracy']:.1%}",
+                   "errors": " ".join(f"{k}:{v}" for k, v in level["errors_by_status"].items())
+                   or "-"}
+            for b in level["budgets"]:
+                row[b["budget"]] = f"{_ms(b['client_ms']['p50'])}/{_ms(b['client_ms']['p99'])}"
+            rows.append(row)
+    print_table(rows, list(rows[0]), title="mixed budgets, closed-loop clients: latency budgets "
+                "met at the client, effective accuracy (correct and in time, over all budgeted "
+                "requests), throughput; per budget p50/p99 client ms")
+    return {"mix": [b.name for b in mix], "runs": runs}
+
+
+def plot_mixed(out: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("met_share", "latency budgets met at the client"),
+              ("effective_accuracy", "effective accuracy"),
+              ("throughput_rps", "answers per second"))
+    for ax, (key, title) in zip(axes, panels):
+        for run in out["runs"]:
+            conc = [lv["concurrency"] for lv in run["levels"]]
+            ax.plot(conc, [lv[key] if lv[key] is not None else np.nan for lv in run["levels"]],
+                    marker="o", label=run["policy"])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("closed-loop clients")
+        ax.set_xticks([lv["concurrency"] for lv in out["runs"][0]["levels"]])
+        ax.grid(alpha=0.3)
+        if key != "throughput_rps":
+            ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("mixed budgets " + ", ".join(out["mix"]), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def run_frontier(args, url: str, clips: list[Upload], budgets: list[Budget], served: dict,
                  configs: list[dict]) -> dict:
     """Issue 5's accuracy target: every profiled configuration as a fixed one (the frames,
@@ -792,6 +922,12 @@ def parse_args(argv=None):
                    help="with --data and a first --concurrency of 1: also every profiled "
                         "configuration as a fixed one on the same clips, and per budget the "
                         "best fixed configuration that fits against the budgeted answers")
+    g = ap.add_argument_group("mixed budgets (issue 29)")
+    g.add_argument("--mixed", action="store_true",
+                   help="each request draws its budget from --mix; one server per --policies")
+    g.add_argument("--mix", default=DEFAULT_MIX, help=f"budgets drawn from (default {DEFAULT_MIX})")
+    g.add_argument("--policies", default="deadline,fifo",
+                   help="STRETCHYSNAKE_SCHEDULER of each server, side by side (deadline,fifo)")
     g = ap.add_argument_group("the clips")
     g.add_argument("--data", type=Path, help="a manifest.csv: its --split clips, and top-1")
     g.add_argument("--split", default="test")
@@ -809,7 +945,9 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     try:
         args.budget_list = [Budget.parse(b) for b in args.budgets.split(",") if b.strip()]
-        levels = args.concurrency or ("8" if args.soak else "1,4")
+        args.mix_list = [Budget.parse(b) for b in args.mix.split(",") if b.strip()]
+        args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        levels = args.concurrency or ("8" if args.soak else "1,4,8" if args.mixed else "1,4")
         args.concurrency = [int(c) for c in levels.split(",") if c.strip()]
     except ValueError as e:
         ap.error(str(e))
@@ -823,6 +961,11 @@ def parse_args(argv=None):
         ap.error("--hostile is a share between 0 and 1")
     if args.requests < 1 or (args.duration is not None and args.duration <= 0):
         ap.error("--requests and --duration must be positive")
+    if args.mixed and (args.soak is not None or args.frontier or args.url):
+        ap.error("--mixed starts its own servers: no --soak, --frontier or --url")
+    if args.mixed and (not args.mix_list or not args.policies
+                       or set(args.policies) - {"deadline", "fifo"}):
+        ap.error("--mixed needs a --mix and --policies among deadline, fifo")
     if args.frontier and (not args.data or args.soak is not None or args.concurrency[0] != 1
                           or args.duration is not None):
         ap.error("--frontier needs --data, a first --concurrency of 1 and --requests (every "
@@ -846,6 +989,13 @@ def main(argv=None) -> int:
             source = {"generated": len(clips), "size": args.clip_size, "frames": args.clip_frames,
                       "fps": 16, "codec": "h264",
                       "bytes": [len(c.data) for c in clips]}
+        if args.mixed:
+            out = run_mixed(args, work, clips, args.mix_list)
+            write("serve_mixed.json", {"mode": "mixed", "clips": source, **out}, args.out_dir)
+            png = None if args.no_plot else plot_mixed(out, args.out_dir / "serve_mixed.png")
+            if png:
+                print(f"wrote {png}")
+            return 0
         hostile = hostile_uploads(work / "hostile", clips[0].data) if args.soak else []
         if args.frontier:  # every budget sees every clip once
             args.requests = len(clips) * len(budgets)

@@ -9,11 +9,12 @@ Every error body has the same JSON shape::
      "status": 413,
      "detail": {...}}                                                        # optional, per code
 
-Statuses: 400 a malformed request or a damaged video (or one that crashed a decoding process),
-413 an input over a limit (bytes, duration, frame area, decode time, decoding memory), 415
-something that is not a usable video, 422 parameters that are invalid or a strict budget that
-cannot be met, 429 too many requests in flight, 503 not ready yet (loading, profiling, warming
-up), 500 a bug (details only in the log).
+Statuses: 400 a malformed request or a damaged video (or one that crashed a decoding process
+twice), 408 an upload that stalled or trickled, 413 an input over a limit (bytes, duration, frame
+area, decode time, decoding memory), 415 something that is not a usable video, 422 parameters
+that are invalid or a strict budget that cannot be met (with Retry-After when the queue is the
+cause), 429 too many requests in flight or uploads in progress, 503 not ready yet (loading,
+profiling, warming up) or shutting down, 500 a bug (details only in the log).
 Standard library only (plus the video package's error classes).
 """
 from __future__ import annotations
@@ -74,13 +75,31 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "too_large"
 
 
+class UploadTimeout(ServiceError):
+    """408: the upload stalled (nothing sent for a while) or trickled in too slowly."""
+
+    status, code = 408, "upload_timeout"
+
+
 class Overloaded(ServiceError):
-    """429: too many requests in flight in this worker; retry later."""
+    """429: too many requests in flight (code overloaded) or uploads in progress (code
+    too_many_uploads) in this worker; retry later."""
 
     status, code = 429, "overloaded"
 
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str, retry_after_s: int = 1, code: str | None = None):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class Draining(ServiceError):
+    """503: the worker is stopping (SIGTERM) and takes no new request; retry (another replica,
+    or this one once restarted, answers)."""
+
+    status, code = 503, "draining"
+
+    def __init__(self, retry_after_s: int = 1):
+        super().__init__("the server is shutting down and takes no new requests; retry",
+                         headers={"Retry-After": str(retry_after_s)})
 
 
 class NotReady(ServiceError):

@@ -3,13 +3,15 @@
 
 The order of a request (DESIGN.md sections 2 and 6):
 
-    arrive -> admit (at most max_inflight per worker, else 429, before reading anything)
+    arrive -> 503 if the worker is draining (SIGTERM)
+           -> an upload place (at most max_uploads per worker, else 429)
            -> query-string options checked (422 before reading the body)
-           -> upload streamed to a temporary file (413 as soon as it is over the limit)
+           -> upload streamed to a temporary file (413 as soon as it is over the limit, 408 if
+              it stalls or trickles); the upload place is given back
+           -> a place among the requests being served (at most max_inflight, else 429)
            -> options from query + form (422) -> probe (400/413/415, no decoding)
-           -> wait for the model (one request runs at a time per worker; others queue here)
-           -> select under the budget, counting everything spent so far -> decode, preprocess,
-              model (engine.serve, in a worker thread) -> JSON
+           -> the scheduler (serving.engine): 422 at once for a strict budget it cannot meet;
+              otherwise decode and model when and at the configuration it chooses -> JSON
     the temporary file is removed on every path.
 
 Any exception that is not one of ours becomes a 500 whose body says nothing but "see the log"
@@ -20,19 +22,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import functools
 import logging
 import threading
 import time
 
-import anyio.to_thread
-
 from video import NotAVideo, VideoError
 
-from .engine import Engine, QuickProfile
-from .errors import BadRequest, NotReady, Overloaded, ServiceError, from_video_error
+from .admission import Admission
+from .engine import Engine
+from .errors import BadRequest, NotReady, ServiceError, from_video_error
 from .options import parse_options
 from .settings import Settings
+from .tables import QuickProfile
 from .upload import VIDEO_FIELD, read_upload
 
 log = logging.getLogger("stretchysnake.serving")
@@ -49,8 +50,8 @@ class Loader:
     """Loads and warms up the engine in a background thread, so that the process answers
     /livez (and /readyz with 503) meanwhile; `engine()` raises NotReady until it is done."""
 
-    def __init__(self, settings: Settings, quick: QuickProfile = QuickProfile()):
-        self.settings, self.quick = settings, quick
+    def __init__(self, settings: Settings, quick: QuickProfile = QuickProfile(), on_change=None):
+        self.settings, self.quick, self.on_change = settings, quick, on_change
         self._engine: Engine | None = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
@@ -66,7 +67,7 @@ class Loader:
 
     def _load(self) -> None:
         try:
-            self._engine = Engine.start(self.settings, self.quick)
+            self._engine = Engine.start(self.settings, self.quick, on_change=self.on_change)
         except BaseException as e:  # noqa: BLE001 - reported by /livez and every request
             self.error = e
             log.exception("StretchySnake failed to start: %s", e)
@@ -100,20 +101,33 @@ class Loader:
 class ClassifyHandler:
     def __init__(self, loader: Loader, settings: Settings, metrics=None):
         self.loader, self.settings, self.metrics = loader, settings, metrics
-        self.inflight = 0
-        self._slot: asyncio.Lock | None = None
-        # Every request's decode, preprocess and model run on this one thread (they take turns
-        # anyway), so that their large, short-lived buffers come from one malloc arena: glibc
-        # gives each thread of a pool its own, and each arena keeps the peak it has seen.
-        self._model_thread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="stretchysnake-model")
+        self.admission = Admission(settings.max_uploads, settings.max_inflight)
+        # probes wait on a decoding process: a few fixed threads (not a pool of changing ones,
+        # each of which would keep a malloc arena at its own peak)
+        self._probe_threads = concurrent.futures.ThreadPoolExecutor(
+            2, thread_name_prefix="stretchysnake-probe")
 
     def close(self) -> None:
-        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._probe_threads.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def inflight(self) -> int:
+        return self.admission.taken
+
+    async def drain(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Take no new request (503) and wait until every request taken has its answer;
+        False if `timeout_s` passed first."""
+        self.admission.start_draining()
+        deadline = time.monotonic() + timeout_s
+        while self.admission.taken:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
+        return True
 
     def _refused(self, err: ServiceError) -> Answer:
         if self.metrics is not None:
-            self.metrics.refused(err.status, err.code)
+            self.metrics.refused(err.status, err.code, err.detail.get("cause"))
         level = logging.WARNING if err.status >= 500 else logging.INFO
         log.log(level, "classify refused: %d %s: %s", err.status, err.code, err.message)
         return Answer(err.status, err.payload(), dict(err.headers))
@@ -121,40 +135,37 @@ class ClassifyHandler:
     async def handle(self, request) -> Answer:
         """request: a Starlette Request (headers, query_params, stream())."""
         arrival = time.perf_counter()
-        if self.inflight >= self.settings.max_inflight:
-            return self._refused(Overloaded(
-                f"{self.inflight} requests in flight in this worker (the limit is "
-                f"{self.settings.max_inflight}): retry later"))
-        if self._slot is None:
-            self._slot = asyncio.Lock()
-        self.inflight += 1
         if self.metrics is not None:
             self.metrics.inflight.inc()
         upload = None
         try:
-            engine = self.loader.engine()
-            query = list(request.query_params.multi_items())
-            parse_options(query)  # a bad query string is refused before the body is read
-            upload = await read_upload(request.headers, request.stream(), self.settings.tmpdir,
-                                       self.settings.max_upload_bytes)
+            with self.admission.uploading():
+                engine = self.loader.engine()
+                query = list(request.query_params.multi_items())
+                parse_options(query)  # a bad query string is refused before the body is read
+                upload = await read_upload(request.headers, request.stream(),
+                                           self.settings.tmpdir, self.settings.max_upload_bytes,
+                                           self.settings.upload_idle_s,
+                                           self.settings.upload_min_rate)
             t_read = time.perf_counter()
-            if not upload.has_video_part:
-                raise BadRequest(f"no '{VIDEO_FIELD}' part in the form: send the file as "
-                                 f"-F {VIDEO_FIELD}=@clip.mp4", code="missing_video")
-            if upload.path is None:
-                raise BadRequest("the upload is empty (0 bytes): nothing to classify",
-                                 code="empty_upload")
-            options = parse_options(query, upload.fields, ignore={VIDEO_FIELD})
-            info = await anyio.to_thread.run_sync(engine.probe, upload.path)
-            t_probed = time.perf_counter()
-            async with self._slot:
-                t_slot = time.perf_counter()
-                stages = {"upload": (t_read - arrival) * 1e3, "probe": (t_probed - t_read) * 1e3,
-                          "queue": (t_slot - t_probed) * 1e3}
-                result = await asyncio.get_running_loop().run_in_executor(
-                    self._model_thread, functools.partial(
-                        engine.serve, upload.path, info, options, arrival=arrival,
-                        stages=stages))
+            with self.admission.queued_request():
+                if not upload.has_video_part:
+                    raise BadRequest(f"no '{VIDEO_FIELD}' part in the form: send the file as "
+                                     f"-F {VIDEO_FIELD}=@clip.mp4", code="missing_video")
+                if upload.path is None:
+                    raise BadRequest("the upload is empty (0 bytes): nothing to classify",
+                                     code="empty_upload")
+                options = parse_options(query, upload.fields, ignore={VIDEO_FIELD})
+                info, probe_s = await asyncio.get_running_loop().run_in_executor(
+                    self._probe_threads, engine.probe, upload.path)
+                stages = {"upload": (t_read - arrival) * 1e3, "probe": probe_s * 1e3}
+                job, future = engine.submit(upload.path, info, options, arrival=arrival,
+                                            stages_ms=stages, probe_s=probe_s)
+                try:
+                    result = await asyncio.wrap_future(future)
+                except asyncio.CancelledError:
+                    engine.cancel(job)
+                    raise
             if self.metrics is not None:
                 self.metrics.answered(result)
             return Answer(200, result)
@@ -176,7 +187,6 @@ class ClassifyHandler:
             err = ServiceError("an unexpected error occurred; see the server log")
             return self._refused(err)
         finally:
-            self.inflight -= 1
             if self.metrics is not None:
                 self.metrics.inflight.dec()
             if upload is not None:

@@ -1,4 +1,4 @@
-"""Profile tables and the budget selector: which (frames, pixels, patch) to run for one request.
+"""Profile tables, and choosing among configurations by what their answers are worth.
 
 A profile table is JSON, one per device (``profiles/NAME.json``)::
 
@@ -20,19 +20,25 @@ A profile table is JSON, one per device (``profiles/NAME.json``)::
 Numbers are finite ints or floats, never bools. A malformed table raises one ``ProfileError``
 naming every problem by path, e.g. ``configs[3].latency_ms.p95: must be a positive number, got -1``.
 Accuracy: when any config has one, configs without one rank below all configs with one, and among
-themselves by GFLOPs (more is better), as in a table with no accuracy at all. Standard library only.
+themselves by GFLOPs (more is better), as in a table with no accuracy at all (`option_value`).
+
+Choosing: an `Option` is one configuration as one request would run it, with its predicted
+decode and model times for that request's video; `select` asks the question the scheduler
+(serving.scheduler) has at each step: given each option's predicted finish, which is the most
+valuable one that finishes by the deadline (and, under load, the fastest of those nearly as
+valuable). Standard library only.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 Key = tuple[int, int, int]  # (frames, pixels, patch)
-ACCURACY_TIE = 1e-9  # accuracies this close are equal: the cheaper config wins
+ACCURACY_TIE = 1e-9  # accuracies this close are equal: the faster config wins
 _INTS = ("frames", "pixels", "patch", "tokens")
 _PCTS = ("p50", "p95", "p99")
 _TOP = ("meta", "configs", "decode_model")
@@ -194,90 +200,55 @@ class ProfileTable:
         return d
 
 
+# ----------------------------------------------------------------------------- choosing
 @dataclass(frozen=True)
-class Selection:
-    config: ProfiledConfig
-    feasible: bool
-    predicted_model_ms: float            # p95 times the online correction factor
-    predicted_total_ms: float | None     # spent + decode + model; None without budget_ms
-    remaining_ms: float | None           # budget_ms - spent - decode: what is left for the model
-    reason: str
-    # When infeasible: the smallest budget under which the cheapest config would fit, for each
-    # budget that was given (each considered alone).
-    cheapest_feasible_budget_ms: float | None = None
-    cheapest_feasible_budget_gflops: float | None = None
+class Option:
+    """One configuration as one request would run it: what its answer is worth and what it
+    costs, predicted for this request's video."""
+
+    key: Key
+    value: float          # option_value(): the accuracy, or a proxy below every known one
+    gflops: float
+    decode_ms: float      # decode + preprocess
+    model_ms: float       # the model at batch 1
+
+    @property
+    def total_ms(self) -> float:
+        return self.decode_ms + self.model_ms
 
 
-def _arg(name: str, v, *, positive: bool) -> None:
-    if not _is_num(v) or (v <= 0 if positive else v < 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+def option_value(config: ProfiledConfig, table: ProfileTable) -> float:
+    """What an answer at `config` is worth when ranking: its top-1 accuracy. Configurations
+    without one rank below every configuration with one (of 0.001 or more), and among
+    themselves by GFLOPs (more is better): value 0.001 x GFLOPs / the table's largest (x 0.999
+    in a table without any accuracy, where GFLOPs alone rank)."""
+    if config.accuracy is not None:
+        return config.accuracy
+    share = config.gflops / max(c.gflops for c in table.configs)
+    return share * (1e-3 if table.has_accuracy else 0.999)
 
 
-def select(table: ProfileTable, *, budget_ms: float | None = None,
-           budget_gflops: float | None = None, predicted_decode_ms: float = 0.0,
-           spent_ms: float = 0.0, latency_scale: Mapping[Key, float] | None = None,
-           candidates: Iterable[Key] | None = None) -> Selection:
-    """The most accurate config that fits the budgets; the cheapest, flagged, when none does."""
-    for name, v in (("budget_ms", budget_ms), ("budget_gflops", budget_gflops)):
-        if v is not None:
-            _arg(name, v, positive=True)
-    _arg("predicted_decode_ms", predicted_decode_ms, positive=False)
-    _arg("spent_ms", spent_ms, positive=False)
-    scale = dict(latency_scale or {})
-    for k, f in scale.items():
-        if not _is_pos_num(f):
-            raise ValueError(f"latency_scale[{k!r}] must be a finite number > 0, got {f!r}")
-    configs = table.configs
-    if candidates is not None:
-        wanted = {tuple(k) for k in candidates}
-        unknown = wanted - {c.key for c in configs}
-        if unknown:
-            raise ValueError("candidates not in the profile table: "
-                             + ", ".join(sorted(map(str, unknown))))
-        if not wanted:
-            raise ValueError("candidates is empty")
-        configs = tuple(c for c in configs if c.key in wanted)
+def select(finishes: Mapping[Option, float], deadline: float,
+           near: float = ACCURACY_TIE) -> Option | None:
+    """The most valuable option predicted to finish by `deadline`; among the options on time
+    whose value is within `near` of the best (ACCURACY_TIE: equal values only), the one that
+    finishes first, then the one with fewer GFLOPs. None when no option finishes in time.
+    `finishes`: each candidate's predicted finish, on the caller's clock."""
+    on_time = [o for o, f in finishes.items() if f <= deadline]
+    if not on_time:
+        return None
+    best = max(o.value for o in on_time)
+    tier = [o for o in on_time if o.value >= best - max(near, ACCURACY_TIE)]
+    return min(tier, key=lambda o: (finishes[o], o.gflops, o.key))
 
-    ms = {c.key: c.p95_ms * scale.get(c.key, 1.0) for c in configs}
-    overhead = spent_ms + predicted_decode_ms
-    remaining = None if budget_ms is None else budget_ms - overhead
-    fit = [c for c in configs
-           if (budget_ms is None or overhead + ms[c.key] <= budget_ms)
-           and (budget_gflops is None or c.gflops <= budget_gflops)]
 
-    def result(c: ProfiledConfig, feasible: bool, reason: str, **cheapest) -> Selection:
-        total = None if budget_ms is None else overhead + ms[c.key]
-        return Selection(c, feasible, ms[c.key], total, remaining, reason, **cheapest)
-
-    if not fit:  # cheapest by what the caller is short of; the key makes ties deterministic
-        by_ms = budget_ms is not None
-        c = min(configs, key=lambda c: (ms[c.key], c.gflops, c.tokens, c.key) if by_ms
-                else (c.gflops, ms[c.key], c.tokens, c.key))
-        needs = []
-        if by_ms:
-            needs.append(f"needs {ms[c.key]:.1f} ms, {remaining:.1f} ms left")
-        if budget_gflops is not None:
-            needs.append(f"needs {c.gflops:.3g} GFLOPs, {budget_gflops:.3g} allowed")
-        return result(c, False, "infeasible: cheapest configuration, " + "; ".join(needs),
-                      cheapest_feasible_budget_ms=overhead + ms[c.key] if by_ms else None,
-                      cheapest_feasible_budget_gflops=(min(x.gflops for x in configs)
-                                                       if budget_gflops is not None else None))
-
-    known = [c for c in fit if c.accuracy is not None]
-    if known:
-        best = max(c.accuracy for c in known)
-        tier = [c for c in known if c.accuracy >= best - ACCURACY_TIE]
-        c = min(tier, key=lambda c: (c.gflops, ms[c.key], c.tokens, c.key))
-        fits = []
-        if budget_ms is not None:
-            fits.append(f"whose p95 {ms[c.key]:.1f} ms fits the {remaining:.1f} ms left")
-        if budget_gflops is not None:
-            fits.append(f"whose {c.gflops:.3g} GFLOPs fit the {budget_gflops:.3g} GFLOPs budget")
-        return result(c, True, f"highest accuracy ({c.accuracy:.4g}) "
-                      + (" and ".join(fits) or "with no budget"))
-    c = min(fit, key=lambda c: (-c.gflops, ms[c.key], c.tokens, c.key))
-    why = ("no fitting configuration has a known accuracy" if table.has_accuracy
-           else "no accuracy known")
-    return result(c, True, f"{why}: most GFLOPs that fit ({c.gflops:.3g} GFLOPs, "
-                  f"p95 {ms[c.key]:.1f} ms)")
+def within_gflops(options: Sequence[Option], budget_gflops: float | None
+                  ) -> tuple[tuple[Option, ...], bool]:
+    """(the options within the GFLOP budget, True), or (the cheapest, False) when none is."""
+    if budget_gflops is None:
+        return tuple(options), True
+    fit = tuple(o for o in options if o.gflops <= budget_gflops)
+    if fit:
+        return fit, True
+    least = min(o.gflops for o in options)
+    return tuple(o for o in options if o.gflops == least), False

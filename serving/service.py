@@ -4,9 +4,14 @@
     POST /classify?budget_ms=50     multipart `video` file (or the raw video as the body);
                                     options in the query string and/or as form fields
     GET  /profile                   the active profile table and the online corrections
-    GET  /readyz                    200 once the model is loaded, profiled and warmed up
+    GET  /readyz                    200 once the model is loaded, profiled and warmed up;
+                                    503 again while draining after SIGTERM
     GET  /livez                     503 when loading failed for good
     GET  /metrics                   BentoML's metrics plus stretchysnake_* (serving.metrics)
+
+SIGTERM (what Kubernetes sends on a rolling update) drains the worker: new requests get 503 with
+Retry-After, the requests already taken are answered (for up to STRETCHYSNAKE_DRAIN_S), then
+uvicorn's own shutdown runs and the decoding processes stop. A second SIGTERM stops at once.
 
 This module is thin on purpose: the engine (serving.engine), the request handling
 (serving.handler), the upload reader (serving.upload), the options (serving.options) and the
@@ -22,9 +27,11 @@ UI and BentoML's HTTP client know the endpoint; its `from_http_request` leaves t
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -86,8 +93,10 @@ class Budget(BaseModel):
     ms: Optional[float]
     gflops: Optional[float]
     met: bool = Field(description="measured: total time <= ms and GFLOPs <= gflops")
-    feasible: bool = Field(description="predicted before running")
+    feasible: bool = Field(description="predicted when the configuration was chosen")
     strict: bool
+    reason: Optional[str] = Field(None, description="why the budget was missed (null when "
+                                  "met): gflops, decode, model, upload, queue, preprocess")
 
 
 class ClassifyOutput(BaseModel):
@@ -96,9 +105,9 @@ class ClassifyOutput(BaseModel):
     gflops: float
     accuracy: Optional[float] = Field(description="top-1 of this configuration from the "
                                       "profile table; null when unknown")
-    timing_ms: dict = Field(description="upload, probe, queue, decode, preprocess, model, "
-                            "total (arrival to answer) and predicted: {decode, preprocess, "
-                            "model, total}")
+    timing_ms: dict = Field(description="upload, probe, queue (waiting for a decoder and for "
+                            "the model), decode, preprocess, model, total (arrival to answer) "
+                            "and predicted: {decode, preprocess, model, total}")
     budget: Budget
     selection: dict
     video: dict
@@ -148,12 +157,15 @@ class _Service(bentoml.Service):
         ]
         post["responses"].update({
             400: _error_response("malformed request, empty upload or damaged video"),
+            408: _error_response("the upload stalled or trickled in too slowly"),
             413: _error_response("upload over the size limit, video too long or frames too "
                                  "large"),
             415: _error_response("not a video, no video stream, or an unsupported codec"),
-            422: _error_response("invalid parameters, or a strict budget that cannot be met"),
-            429: _error_response("too many requests in flight"),
-            503: _error_response("the model is still loading or warming up")})
+            422: _error_response("invalid parameters, or a strict budget that cannot be met "
+                                 "(Retry-After when the queue is the cause)"),
+            429: _error_response("too many requests in flight or uploads in progress"),
+            503: _error_response("the model is still loading or warming up, or the server is "
+                                 "shutting down")})
         from bentoml._internal.service.openapi.specification import PathItem
         spec.paths["/profile"] = PathItem(get={
             "tags": post.get("tags", []), "operationId": f"{self.name}__profile",
@@ -214,14 +226,46 @@ class StretchySnake:
         from serving.metrics import get_metrics  # in the worker: prometheus in multiprocess mode
 
         self.settings = Settings.from_env()
-        self.loader = Loader(self.settings)
-        self.handler = ClassifyHandler(self.loader, self.settings, get_metrics())
+        metrics = get_metrics()
+        self.loader = Loader(self.settings, on_change=metrics.scheduled)
+        self.handler = ClassifyHandler(self.loader, self.settings, metrics)
+        self._draining: asyncio.Task | None = None
 
     @bentoml.on_startup
-    def start_loading(self) -> None:
+    async def start_loading(self) -> None:
         log.info("StretchySnake worker %d: loading %s in the background", os.getpid(),
                  self.settings.checkpoint)
         self.loader.start()
+        self._drain_on_sigterm(asyncio.get_running_loop())
+
+    def _drain_on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put a drain in front of uvicorn's SIGTERM handler (installed before this hook runs,
+        in the main thread): uvicorn's handler runs once the worker has drained."""
+        uvicorn_exit = signal.getsignal(signal.SIGTERM)
+        if not callable(uvicorn_exit):
+            return
+
+        async def drain_then_exit(signum):
+            log.warning("SIGTERM: worker %d drains (new requests get 503; up to %g s for the %d "
+                        "taken)", os.getpid(), self.settings.drain_s, self.handler.inflight)
+            drained = await self.handler.drain(self.settings.drain_s)
+            log.warning("worker %d %s; stopping", os.getpid(), "drained" if drained else
+                        f"still had {self.handler.inflight} requests after "
+                        f"{self.settings.drain_s:g} s")
+            uvicorn_exit(signum, None)
+
+        def start_draining(signum):
+            self._draining = loop.create_task(drain_then_exit(signum))
+
+        def on_sigterm(signum, frame):
+            if self.handler.admission.draining:  # a second SIGTERM: stop now
+                uvicorn_exit(signum, frame)
+                return
+            self.handler.admission.start_draining()
+            # the handler interrupts the loop's thread: the task is created from the loop
+            loop.call_soon_threadsafe(start_draining, signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     @bentoml.on_shutdown
     def remove_leftovers(self) -> None:
@@ -237,7 +281,7 @@ class StretchySnake:
                 path.unlink()
 
     def __is_ready__(self) -> bool:
-        return self.loader.ready
+        return self.loader.ready and not self.handler.admission.draining
 
     def __is_alive__(self) -> bool:
         return self.loader.alive

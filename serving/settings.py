@@ -20,8 +20,27 @@
     STRETCHYSNAKE_DECODE_MEMORY_MB  memory (address space) a decoding process may add to its
                                     start-up size; a video that needs more gets 413 (2048;
                                     256 at least: threads and malloc reserve some)
-    STRETCHYSNAKE_MAX_INFLIGHT      /classify requests per worker, running + queued; more get
-                                    429 (8)
+    STRETCHYSNAKE_MAX_INFLIGHT      /classify requests per worker whose upload is complete,
+                                    waiting or running; more get 429 (8)
+    STRETCHYSNAKE_MAX_UPLOADS       uploads in progress per worker; more get 429 (64)
+    STRETCHYSNAKE_UPLOAD_IDLE_S     an upload that sends nothing for this long gets 408 (10)
+    STRETCHYSNAKE_UPLOAD_MIN_RATE   bytes/s an upload must average once it has run for
+                                    UPLOAD_IDLE_S; slower gets 408 (1024)
+    STRETCHYSNAKE_SCHEDULER         deadline: least slack first, the configuration chosen across
+                                    the queue, decode overlapping the model; fifo: arrival order,
+                                    one request at a time (the path before the scheduler, kept for
+                                    comparison) (deadline)
+    STRETCHYSNAKE_DECODE_SLOTS      decodes at once per worker (2); the worker keeps one more
+                                    decoding process for probes
+    STRETCHYSNAKE_MAX_BATCH         requests of one configuration run as one batch (default: 8
+                                    on CUDA, 1 on CPUs, where a batch costs the sum of its runs)
+    STRETCHYSNAKE_DEFAULT_DEADLINE_MS  the deadline of requests without budget_ms (1000)
+    STRETCHYSNAKE_AGE_BOUND_MS      requests without budget_ms, or already late, take their turn
+                                    among the others after waiting this long (500)
+    STRETCHYSNAKE_DEADLINE_MARGIN_MS  the scheduler aims to answer this long before the budget
+                                    ends, for the answer's way to the client (5)
+    STRETCHYSNAKE_DRAIN_S           after SIGTERM: new requests get 503, admitted ones are
+                                    answered for up to this long, then the worker stops (30)
     STRETCHYSNAKE_CACHE             where a self-measured profile is kept between starts
                                     (default: ~/.cache/stretchysnake)
 
@@ -40,6 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "stretchysnake_nano"
 PREFIX = "STRETCHYSNAKE_"
 ISOLATION_MODES = ("process", "inline")
+SCHEDULERS = ("deadline", "fifo")
 
 
 class SettingsError(ValueError):
@@ -61,6 +81,16 @@ class Settings:
     decode_isolation: str = "process"     # or "inline"
     decode_memory_mb: int = 2048
     max_inflight: int = 8
+    max_uploads: int = 64
+    upload_idle_s: float = 10.0
+    upload_min_rate: float = 1024.0
+    scheduler: str = "deadline"          # or "fifo"
+    decode_slots: int = 2
+    max_batch: int | None = None         # None: 8 on CUDA, 1 on CPUs
+    default_deadline_ms: float = 1000.0
+    age_bound_ms: float = 500.0
+    deadline_margin_ms: float = 5.0
+    drain_s: float = 30.0
     cache: Path = Path.home() / ".cache" / "stretchysnake"
 
     @classmethod
@@ -97,18 +127,29 @@ class Settings:
                 values[key] = Path(get(name)).expanduser()
         if get("DEVICE"):
             values["device"] = get("DEVICE")
-        if get("DECODE_ISOLATION"):
-            mode = get("DECODE_ISOLATION").strip().lower()
-            if mode in ISOLATION_MODES:
-                values["decode_isolation"] = mode
-            else:
-                problems.append(f"{PREFIX}DECODE_ISOLATION={get('DECODE_ISOLATION')!r}: must be "
-                                f"one of {', '.join(ISOLATION_MODES)}")
+        for key, name, allowed in (("decode_isolation", "DECODE_ISOLATION", ISOLATION_MODES),
+                                   ("scheduler", "SCHEDULER", SCHEDULERS)):
+            if get(name):
+                mode = get(name).strip().lower()
+                if mode in allowed:
+                    values[key] = mode
+                else:
+                    problems.append(f"{PREFIX}{name}={get(name)!r}: must be one of "
+                                    f"{', '.join(allowed)}")
         for key, name, kind, low in (("threads", "THREADS", int, 1),
                                      ("max_upload_bytes", "MAX_UPLOAD_BYTES", int, 1),
                                      ("max_duration_s", "MAX_DURATION_S", float, 0.001),
                                      ("max_decode_s", "MAX_DECODE_S", float, 0.001),
                                      ("max_inflight", "MAX_INFLIGHT", int, 1),
+                                     ("max_uploads", "MAX_UPLOADS", int, 1),
+                                     ("upload_idle_s", "UPLOAD_IDLE_S", float, 0.001),
+                                     ("upload_min_rate", "UPLOAD_MIN_RATE", float, 0),
+                                     ("decode_slots", "DECODE_SLOTS", int, 1),
+                                     ("max_batch", "MAX_BATCH", int, 1),
+                                     ("default_deadline_ms", "DEFAULT_DEADLINE_MS", float, 1),
+                                     ("age_bound_ms", "AGE_BOUND_MS", float, 0),
+                                     ("deadline_margin_ms", "DEADLINE_MARGIN_MS", float, 0),
+                                     ("drain_s", "DRAIN_S", float, 0),
                                      ("decode_memory_mb", "DECODE_MEMORY_MB", int, 256)):
             v = number(name, kind, low)
             if v is not None:

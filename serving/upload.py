@@ -10,6 +10,10 @@ Two body shapes are accepted:
   `--data-binary`, no content type): the whole body is the video; the declared type is not
   trusted either way (a JSON body fails the probe with 415, and the handler adds a hint).
 
+Time: an upload that sends nothing for `idle_s` seconds, or that averages under `min_rate`
+bytes/s once it has run for `idle_s`, is stopped with 408 (`UploadTimeout`): a client that
+trickles its body holds a connection and an upload place, so it is not kept forever.
+
 Limits: a declared Content-Length over the limit is refused before a byte is read; otherwise
 the bytes are counted as they arrive and reading stops at the first chunk over the limit (the
 rest is discarded by the HTTP server after the 413 is sent). The video's bytes are limited to
@@ -20,17 +24,19 @@ every error; on success the caller owns it (`Upload.remove()`).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge, UploadTimeout
 
 VIDEO_FIELD = "video"
 FORM_OVERHEAD = 64 << 10       # boundaries, part headers and option fields on top of the video
@@ -190,10 +196,39 @@ class _Form:
         self.ended = True
 
 
+async def _timed(stream: AsyncIterator[bytes], idle_s: float | None, min_rate: float,
+                 clock=time.monotonic) -> AsyncIterator[bytes]:
+    """`stream`'s chunks, or UploadTimeout when one takes more than `idle_s`, or when the
+    average rate falls under `min_rate` bytes/s after the first `idle_s` seconds."""
+    if idle_s is None:
+        async for chunk in stream:
+            yield chunk
+        return
+    chunks = stream.__aiter__()
+    start, total = clock(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadTimeout(f"the upload sent nothing for {idle_s:g} s after {total:,} bytes: "
+                                f"stopped", detail={"bytes": total, "idle_s": idle_s}) from None
+        total += len(chunk)
+        elapsed = clock() - start
+        if elapsed >= idle_s and total < min_rate * elapsed:
+            raise UploadTimeout(f"the upload is too slow: {total:,} bytes in {elapsed:.1f} s, "
+                                f"under the {min_rate:,.0f} bytes/s this server requires",
+                                detail={"bytes": total, "seconds": round(elapsed, 2),
+                                        "min_rate": min_rate})
+        yield chunk
+
+
 async def read_upload(headers: Mapping[str, str], stream: AsyncIterator[bytes], directory: Path,
-                      max_bytes: int) -> Upload:
-    """Stream a request body into an `Upload` (see the module docstring). Raises BadRequest or
-    PayloadTooLarge; nothing is left on disk when it raises."""
+                      max_bytes: int, idle_s: float | None = None,
+                      min_rate: float = 0.0) -> Upload:
+    """Stream a request body into an `Upload` (see the module docstring). Raises BadRequest,
+    PayloadTooLarge or UploadTimeout; nothing is left on disk when it raises."""
     ctype, params = parse_options_header(_header(headers, "content-type") or "")
     ctype = ctype.decode("latin-1")
     is_form = ctype == "multipart/form-data"
@@ -216,7 +251,7 @@ async def read_upload(headers: Mapping[str, str], stream: AsyncIterator[bytes], 
         parser = MultipartParser(boundary, form.callbacks())
     total = 0
     try:
-        async for chunk in stream:
+        async for chunk in _timed(stream, idle_s, min_rate):
             if not chunk:
                 continue
             total += len(chunk)

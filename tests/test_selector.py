@@ -1,15 +1,16 @@
-"""serving.selector: profile-table validation and loading, and the budget selector, checked on
-hand-made tables and against a brute-force reference on seeded random tables."""
+"""serving.selector: profile-table validation and loading, and choosing the most valuable option
+on time, checked on hand-made tables and against a brute-force reference on seeded random
+tables."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
 
 import pytest
 
-from serving.selector import ACCURACY_TIE, ProfileError, ProfileTable, Selection, select
+from serving.selector import (ACCURACY_TIE, Option, ProfileError, ProfileTable, option_value,
+                              select, within_gflops)
 
 
 def cfg(frames, pixels, patch, gflops, p95, accuracy=None, tokens=None, **extra):
@@ -39,140 +40,76 @@ NO_ACC = table(cfg(16, 224, 16, 90.0, 50.0), cfg(8, 224, 16, 45.0, 20.0),
 
 # ---- selection ----------------------------------------------------------------------------------
 
-def test_highest_accuracy_that_fits():
-    s = select(THREE, budget_ms=30.0)
-    assert isinstance(s, Selection) and s.feasible
-    assert s.config.key == (8, 224, 16)
-    assert s.predicted_model_ms == 20.0 and s.predicted_total_ms == 20.0 and s.remaining_ms == 30.0
-    assert s.reason.startswith("highest accuracy (0.8)") and "30.0 ms left" in s.reason
-    assert s.cheapest_feasible_budget_ms is None and s.cheapest_feasible_budget_gflops is None
-    assert select(THREE, budget_ms=50.0).config.key == (16, 224, 16)  # boundary: <= fits
-    top = select(THREE)  # no budget: everything fits
-    assert top.config.key == (16, 224, 16) and top.feasible and top.predicted_total_ms is None
-    assert top.remaining_ms is None and "no budget" in top.reason
+def options(t, finish=None):
+    """{Option: predicted finish} for every configuration of `t`; the finish defaults to p95."""
+    finish = finish or {}
+    return {Option(c.key, option_value(c, t), c.gflops, 0.0, c.p95_ms): finish.get(c.key, c.p95_ms)
+            for c in t.configs}
+
+
+def test_the_most_valuable_option_on_time():
+    assert select(options(THREE), 30.0).key == (8, 224, 16)
+    assert select(options(THREE), 50.0).key == (16, 224, 16)  # boundary: <= is on time
+    assert select(options(THREE), 9.9) is None
+    # the predicted finish is what counts, whatever the model alone takes
+    late = options(THREE, {(8, 224, 16): 31.0})
+    assert select(late, 30.0).key == (8, 128, 16)
 
 
 @pytest.mark.parametrize("b_changes, winner", [
-    ({"gflops": 10.0}, "b"),                          # fewer GFLOPs wins the tie
-    ({"gflops": 20.0, "p95": 5.0}, "b"),              # same GFLOPs: lower p95
-    ({"gflops": 20.0, "p95": 10.0, "tokens": 50}, "b"),  # same p95: fewer tokens
+    ({"p95": 5.0, "gflops": 30.0}, "b"),              # the earlier finish wins the tie
+    ({"gflops": 10.0}, "b"),                          # same finish: fewer GFLOPs
     ({"gflops": 30.0}, "a"),
 ])
 def test_accuracy_ties_go_to_the_cheaper(b_changes, winner):
-    a = dict(gflops=20.0, p95=10.0, tokens=100)
+    a = dict(gflops=20.0, p95=10.0)
     b = {**a, **b_changes}
-    t = table(cfg(8, 224, 16, a["gflops"], a["p95"], 0.8, tokens=a["tokens"]),
-              cfg(16, 112, 8, b["gflops"], b["p95"], 0.8 + ACCURACY_TIE / 10, tokens=b["tokens"]))
+    t = table(cfg(8, 224, 16, a["gflops"], a["p95"], 0.8),
+              cfg(16, 112, 8, b["gflops"], b["p95"], 0.8 + ACCURACY_TIE / 10))
     keys = {"a": (8, 224, 16), "b": (16, 112, 8)}
-    assert select(t, budget_ms=100.0).config.key == keys[winner]
+    assert select(options(t), 100.0).key == keys[winner]
 
 
 def test_accuracy_difference_beyond_tie_wins_even_if_dearer():
     t = table(cfg(8, 224, 16, 20.0, 10.0, 0.8), cfg(16, 112, 8, 40.0, 10.0, 0.8 + 1e-6))
-    assert select(t, budget_ms=100.0).config.key == (16, 112, 8)
+    assert select(options(t), 100.0).key == (16, 112, 8)
 
 
 def test_no_accuracy_most_gflops_that_fit():
     assert not NO_ACC.has_accuracy
-    s = select(NO_ACC, budget_ms=30.0)
-    assert s.config.key == (8, 224, 16) and s.feasible
-    assert s.reason.startswith("no accuracy known: most GFLOPs that fit")
-    # equal GFLOPs: the lower p95 wins
+    assert select(options(NO_ACC), 30.0).key == (8, 224, 16)
+    # equal GFLOPs: the earlier finish wins
     t = table(cfg(8, 224, 16, 45.0, 20.0), cfg(16, 112, 8, 45.0, 15.0), cfg(4, 96, 8, 5.0, 1.0))
-    assert select(t, budget_ms=30.0).config.key == (16, 112, 8)
+    assert select(options(t), 30.0).key == (16, 112, 8)
 
 
-def test_partial_accuracy_ranks_unknown_below_known():
+def test_option_value_ranks_unknown_below_known_and_among_them_by_gflops():
     t = table(cfg(16, 224, 16, 90.0, 20.0), cfg(8, 224, 16, 45.0, 15.0, 0.6),
-              cfg(8, 128, 16, 15.0, 10.0, 0.5), cfg(4, 96, 16, 3.0, 5.0), cfg(4, 64, 16, 2.0, 4.0))
-    assert t.has_accuracy
-    assert select(t, budget_ms=25.0).config.key == (8, 224, 16)  # unknown 90-GFLOP one loses
-    s = select(t, budget_ms=6.0)  # only the unknown ones fit: most GFLOPs among them
-    assert s.config.key == (4, 96, 16) and s.feasible
-    assert s.reason.startswith("no fitting configuration has a known accuracy")
+              cfg(8, 128, 16, 15.0, 10.0, 0.0), cfg(4, 96, 16, 3.0, 5.0), cfg(4, 64, 16, 2.0, 4.0))
+    value = {c.key: option_value(c, t) for c in t.configs}
+    assert value[(8, 224, 16)] == 0.6 and value[(8, 128, 16)] == 0.0
+    assert value[(16, 224, 16)] < 0.6 and value[(4, 96, 16)] > value[(4, 64, 16)] > 0
+    assert select(options(t), 25.0).key == (8, 224, 16)  # the unknown 90-GFLOP one loses
+    assert select(options(t), 6.0).key == (4, 96, 16)  # only unknown ones fit: most GFLOPs
+    assert [option_value(c, NO_ACC) for c in NO_ACC.configs] == pytest.approx(
+        [0.999, 0.4995, 0.1665])
 
 
-def test_infeasible_gives_cheapest_and_the_budget_that_would_fit():
-    s = select(THREE, budget_ms=15.0, predicted_decode_ms=4.0, spent_ms=3.0)
-    assert not s.feasible and s.config.key == (8, 128, 16)
-    assert s.remaining_ms == pytest.approx(8.0)
-    assert s.predicted_total_ms == pytest.approx(17.0)
-    assert s.cheapest_feasible_budget_ms == pytest.approx(17.0)
-    assert s.cheapest_feasible_budget_gflops is None
-    assert s.reason == "infeasible: cheapest configuration, needs 10.0 ms, 8.0 ms left"
-    again = select(THREE, budget_ms=s.cheapest_feasible_budget_ms, predicted_decode_ms=4.0,
-                   spent_ms=3.0)
-    assert again.feasible and again.config.key == (8, 128, 16)
+def test_near_options_count_as_equal_and_the_fastest_of_them_wins():
+    t = table(cfg(8, 56, 8, 0.33, 9.5, 1.0), cfg(8, 56, 28, 0.034, 3.0, 0.983),
+              cfg(4, 56, 28, 0.017, 2.5, 0.24))
+    assert select(options(t), 100.0).key == (8, 56, 8)
+    assert select(options(t), 100.0, near=0.02).key == (8, 56, 28)
+    assert select(options(t), 100.0, near=0.01).key == (8, 56, 8)
 
 
-def test_infeasible_cheapest_is_by_p95_with_ms_budget_and_by_gflops_without():
-    t = table(cfg(8, 224, 16, 10.0, 30.0, 0.9), cfg(16, 112, 8, 20.0, 20.0, 0.8))
-    assert select(t, budget_ms=5.0).config.key == (16, 112, 8)
-    g = select(t, budget_gflops=5.0)
-    assert not g.feasible and g.config.key == (8, 224, 16)
-    assert g.cheapest_feasible_budget_gflops == 10.0 and g.cheapest_feasible_budget_ms is None
-    assert "GFLOPs" in g.reason and g.predicted_total_ms is None
-
-
-def test_gflops_budget_alone_and_with_ms():
-    s = select(THREE, budget_gflops=50.0)
-    assert s.config.key == (8, 224, 16) and s.feasible and s.predicted_total_ms is None
-    assert "GFLOPs budget" in s.reason
-    assert select(THREE, budget_gflops=100.0, budget_ms=60.0).config.key == (16, 224, 16)
-    assert select(THREE, budget_gflops=20.0, budget_ms=60.0).config.key == (8, 128, 16)  # gflops binds
-    assert select(THREE, budget_gflops=100.0, budget_ms=15.0).config.key == (8, 128, 16)  # ms binds
-    both = select(THREE, budget_gflops=10.0, budget_ms=5.0)
-    assert not both.feasible and both.cheapest_feasible_budget_ms == 10.0
-    assert both.cheapest_feasible_budget_gflops == 15.0
-
-
-def test_decode_and_spent_time_reduce_what_fits():
-    assert select(THREE, budget_ms=52.0).config.key == (16, 224, 16)
-    assert select(THREE, budget_ms=52.0, predicted_decode_ms=3.0).config.key == (8, 224, 16)
-    assert select(THREE, budget_ms=52.0, spent_ms=3.0).config.key == (8, 224, 16)
-    s = select(THREE, budget_ms=52.0, spent_ms=1.0, predicted_decode_ms=1.0)
-    assert s.config.key == (16, 224, 16) and s.predicted_total_ms == 52.0
-
-
-def test_latency_scale_changes_the_choice():
-    assert select(THREE, budget_ms=30.0).config.key == (8, 224, 16)
-    s = select(THREE, budget_ms=30.0, latency_scale={(8, 224, 16): 2.0})
-    assert s.config.key == (8, 128, 16) and s.predicted_model_ms == 10.0
-    s = select(THREE, budget_ms=30.0, latency_scale={(16, 224, 16): 0.5, (99, 1, 1): 3.0})
-    assert s.config.key == (16, 224, 16) and s.predicted_model_ms == 25.0
-
-
-def test_candidates_restrict_the_choice():
-    s = select(THREE, budget_ms=100.0, candidates=[(8, 224, 16), [8, 128, 16]])
-    assert s.config.key == (8, 224, 16)
-    s = select(THREE, budget_ms=5.0, candidates={(8, 224, 16)})
-    assert not s.feasible and s.config.key == (8, 224, 16) and s.cheapest_feasible_budget_ms == 20.0
-    with pytest.raises(ValueError, match=r"not in the profile table: \(1, 2, 3\)"):
-        select(THREE, candidates=[(1, 2, 3)])
-    with pytest.raises(ValueError, match="empty"):
-        select(THREE, candidates=[])
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"budget_ms": 0}, "budget_ms"), ({"budget_ms": -1.0}, "budget_ms"),
-    ({"budget_ms": math.nan}, "budget_ms"), ({"budget_ms": math.inf}, "budget_ms"),
-    ({"budget_ms": True}, "budget_ms"), ({"budget_ms": "50"}, "budget_ms"),
-    ({"budget_gflops": 0.0}, "budget_gflops"), ({"budget_gflops": False}, "budget_gflops"),
-    ({"predicted_decode_ms": -0.1}, "predicted_decode_ms"),
-    ({"predicted_decode_ms": math.nan}, "predicted_decode_ms"),
-    ({"spent_ms": -1}, "spent_ms"), ({"spent_ms": math.inf}, "spent_ms"),
-    ({"latency_scale": {(8, 224, 16): 0.0}}, "latency_scale"),
-    ({"latency_scale": {(8, 224, 16): math.inf}}, "latency_scale"),
-    ({"latency_scale": {(8, 224, 16): -2.0}}, "latency_scale"),
-])
-def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        select(THREE, **kwargs)
-
-
-def test_zero_decode_and_spent_are_fine_and_selection_is_hashable_free_of_state():
-    a = select(THREE, budget_ms=30.0, predicted_decode_ms=0, spent_ms=0)
-    assert a == select(THREE, budget_ms=30.0) and hash(a.config) == hash(a.config)
+def test_within_gflops():
+    opts = list(options(THREE))
+    fit, ok = within_gflops(opts, 50.0)
+    assert ok and {o.key for o in fit} == {(8, 224, 16), (8, 128, 16)}
+    assert within_gflops(opts, None) == (tuple(opts), True)
+    cheapest, ok = within_gflops(opts, 1.0)
+    assert not ok and [o.key for o in cheapest] == [(8, 128, 16)]
 
 
 # ---- table validation ---------------------------------------------------------------------------
@@ -332,72 +269,38 @@ def _random_case(rng):
         acc = None
         if mode == "all" or (mode == "some" and rng.random() < 0.5):
             acc = rng.choice(accs) if rng.random() < 0.5 else round(rng.random(), 3)
-        p50 = rng.uniform(1, 80)
-        d = cfg(f, p, k, rng.choice([5.0, 10.0, rng.uniform(1, 100)]), 1.0, acc,
-                tokens=rng.randint(10, 2000))
-        d["latency_ms"] = {"p50": p50, "p95": p50 * rng.uniform(1, 1.5),
-                           "p99": p50 * rng.uniform(1.5, 2)}
-        configs.append(d)
-    kwargs = {}
-    if rng.random() < 0.7:
-        kwargs["budget_ms"] = rng.uniform(1, 150)
-    if rng.random() < 0.4:
-        kwargs["budget_gflops"] = rng.uniform(1, 100)
-    if rng.random() < 0.5:
-        kwargs["predicted_decode_ms"] = rng.uniform(0, 30)
-        kwargs["spent_ms"] = rng.uniform(0, 10)
-    if rng.random() < 0.3:
-        kwargs["latency_scale"] = {k: rng.uniform(0.5, 2) for k in rng.sample(keys, len(keys) // 2)}
-    if rng.random() < 0.3:
-        kwargs["candidates"] = rng.sample(keys, rng.randint(1, len(keys)))
-    return table_dict(*configs), kwargs
+        configs.append(cfg(f, p, k, rng.choice([5.0, 10.0, rng.uniform(1, 100)]),
+                           rng.uniform(1, 80), acc))
+    t = ProfileTable.from_dict(table_dict(*configs))
+    finish = {k: rng.choice([10.0, rng.uniform(1, 150)]) for k in keys}
+    return t, options(t, finish), rng.uniform(1, 150)
 
 
-def _reference_check(t, kw, s):
-    cands = set(kw.get("candidates", [c.key for c in t.configs]))
-    configs = [c for c in t.configs if c.key in cands]
-    scale = kw.get("latency_scale", {})
-    ms = {c.key: c.p95_ms * scale.get(c.key, 1.0) for c in configs}
-    over = kw.get("spent_ms", 0.0) + kw.get("predicted_decode_ms", 0.0)
-    bms, bg = kw.get("budget_ms"), kw.get("budget_gflops")
-    fit = [c for c in configs if (bms is None or over + ms[c.key] <= bms)
-           and (bg is None or c.gflops <= bg)]
-    c = s.config
-    assert c.key in cands and s.predicted_model_ms == ms[c.key]
-    assert s.feasible == bool(fit)
-    if bms is not None:
-        assert s.predicted_total_ms == pytest.approx(over + ms[c.key])
-        assert s.remaining_ms == pytest.approx(bms - over)
-    if not fit:
-        if bms is not None:
-            assert ms[c.key] == min(ms.values())
-            assert s.cheapest_feasible_budget_ms == pytest.approx(over + min(ms.values()))
-        else:
-            assert c.gflops == min(x.gflops for x in configs)
-        if bg is not None:
-            assert s.cheapest_feasible_budget_gflops == min(x.gflops for x in configs)
+def _reference_check(t, finishes, deadline, chosen):
+    on_time = [o for o, f in finishes.items() if f <= deadline]
+    if not on_time:
+        assert chosen is None
         return
-    assert c in fit and s.cheapest_feasible_budget_ms is None
-    known = [x for x in fit if x.accuracy is not None]
-    if not known:
-        assert c.gflops == max(x.gflops for x in fit)
-        assert ms[c.key] == min(ms[x.key] for x in fit if x.gflops == c.gflops)
-        return
-    assert c.accuracy is not None
-    for x in known:
-        assert x.accuracy <= c.accuracy + ACCURACY_TIE
-        if abs(x.accuracy - c.accuracy) <= ACCURACY_TIE:  # a tie: c is no dearer
-            assert (c.gflops, ms[c.key]) <= (x.gflops, ms[x.key])
+    assert chosen in on_time
+    known = [c for c in t.configs if c.accuracy is not None]
+    config = {c.key: c for c in t.configs}[chosen.key]
+    on_time_configs = [config_ for config_ in t.configs
+                       if config_.key in {o.key for o in on_time}]
+    if known and config.accuracy is None:  # unknown only when no known one (>= 0.001) is
+        assert all(c.accuracy is None or c.accuracy < 1e-3 for c in on_time_configs)
+    for o in on_time:
+        assert o.value <= chosen.value + ACCURACY_TIE
+        if abs(o.value - chosen.value) <= ACCURACY_TIE:  # a tie: the chosen one is no later
+            assert (finishes[chosen], chosen.gflops) <= (finishes[o], o.gflops)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_matches_brute_force_on_random_tables(seed):
     rng = random.Random(seed)
     for _ in range(100):
-        d, kw = _random_case(rng)
-        t = ProfileTable.from_dict(d)
-        s = select(t, **kw)
-        _reference_check(t, kw, s)
-        shuffled = copy.deepcopy(d)
-        rng.shuffle(shuffled["configs"])
-        assert select(ProfileTable.from_dict(shuffled), **kw) == s  # order does not matter
+        t, finishes, deadline = _random_case(rng)
+        chosen = select(finishes, deadline)
+        _reference_check(t, finishes, deadline, chosen)
+        shuffled = list(finishes.items())
+        rng.shuffle(shuffled)
+        assert select(dict(shuffled), deadline) == chosen  # order does not matter

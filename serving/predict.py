@@ -1,0 +1,93 @@
+"""Predicted time of each stage of one request at one configuration, corrected online.
+
+    predictor = Predictor(table, decode_model, preprocess_ms)
+    times = predictor.predict(info, (8, 112, 16))     # StageTimes(decode, preprocess, model)
+    predictor.observe(info, key, times_measured)      # after the request ran
+
+- decode: `DecodeModel.predict_ms` from the probed metadata (the candidate's frames and short
+  side), corrected by the decode stage's online scale;
+- preprocess: the warm-up measurement of that configuration, corrected online;
+- model: the profile's p95 at batch 1, corrected per configuration (`LatencyCorrector`); a
+  batch of n: the profile's measurement at n when it has one (linear between measured sizes,
+  and per request beyond the largest), else n runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from video import VideoInfo
+
+from .correction import LatencyCorrector
+from .decode_cost import DecodeModel
+from .selector import ProfiledConfig, ProfileTable
+
+Key = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTimes:
+    decode: float
+    preprocess: float
+    model: float
+
+    @property
+    def total(self) -> float:
+        return self.decode + self.preprocess + self.model
+
+
+class Predictor:
+    def __init__(self, table: ProfileTable, decode_model: DecodeModel,
+                 preprocess_ms: Mapping[Key, float], corrector: LatencyCorrector | None = None):
+        self.configs: dict[Key, ProfiledConfig] = {c.key: c for c in table.configs}
+        self.decode_model = decode_model
+        self.preprocess_baseline = dict(preprocess_ms)
+        self.corrector = corrector or LatencyCorrector()
+
+    def raw_decode_ms(self, info: VideoInfo, key: Key) -> float:
+        frames, pixels, _ = key
+        return max(0.0, self.decode_model.predict_ms(info, frames, pixels))
+
+    def predict(self, info: VideoInfo, key: Key) -> StageTimes:
+        c = self.configs[key]
+        return StageTimes(self.corrector.decode_ms(self.raw_decode_ms(info, key)),
+                          self.corrector.preprocess_ms(self.preprocess_baseline.get(key, 0.0)),
+                          self.corrector.model_ms(key, c.p95_ms))
+
+    def batch_ms(self, key: Key, size: int, single_ms: float) -> float:
+        """A batch of `size` at `key`, given one request's predicted (corrected) time."""
+        if size <= 1:
+            return single_ms
+        c = self.configs[key]
+        measured = {1: c.p95_ms}
+        for n, entry in (c.extra.get("batches") or {}).items():
+            try:
+                measured[int(n)] = float(entry["latency_ms"]["p95"])
+            except (KeyError, TypeError, ValueError):
+                continue
+        sizes = sorted(measured)
+        if len(sizes) == 1:
+            return single_ms * size
+        if size >= sizes[-1]:
+            top = sizes[-1]
+            ratio = measured[top] / measured[1] * size / top
+        else:
+            hi = next(n for n in sizes if n >= size)
+            lo = max(n for n in sizes if n <= size)
+            w = 0 if hi == lo else (size - lo) / (hi - lo)
+            ratio = (measured[lo] + w * (measured[hi] - measured[lo])) / measured[1]
+        return single_ms * ratio
+
+    def observe(self, info: VideoInfo, key: Key, decode_ms: float | None = None,
+                preprocess_ms: float | None = None, model_ms: float | None = None,
+                batch: int = 1) -> None:
+        """What one request took (a stage left out was not measured)."""
+        c = self.configs[key]
+        if decode_ms is not None:
+            self.corrector.observe_decode(decode_ms, self.raw_decode_ms(info, key))
+        if preprocess_ms is not None and self.preprocess_baseline.get(key):
+            self.corrector.observe_preprocess(preprocess_ms, self.preprocess_baseline[key])
+        if model_ms is not None:
+            # a batch's time against the profile's for that size, as a batch of one's
+            p50 = self.batch_ms(key, batch, c.p50_ms) if batch > 1 else c.p50_ms
+            self.corrector.observe_model(key, model_ms, p50)
