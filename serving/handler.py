@@ -114,13 +114,15 @@ class ClassifyHandler:
     def inflight(self) -> int:
         return self.admission.taken
 
-    async def drain(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+    async def drain(self, timeout_s: float, linger_s: float = 1.0, poll_s: float = 0.05) -> bool:
         """Take no new request (503) and wait until every request taken has its answer;
-        False if `timeout_s` passed first."""
+        False if `timeout_s` passed first. Answer 503 for `linger_s` at least: a request on
+        its way in (its headers not read yet) gets an answer rather than a closed connection,
+        and load balancers see /readyz fail."""
         self.admission.start_draining()
-        deadline = time.monotonic() + timeout_s
-        while self.admission.taken:
-            if time.monotonic() >= deadline:
+        start = time.monotonic()
+        while self.admission.taken or time.monotonic() - start < min(linger_s, timeout_s):
+            if time.monotonic() - start >= timeout_s:
                 return False
             await asyncio.sleep(poll_s)
         return True

@@ -62,7 +62,7 @@ class Policy:
     max_batch: int = 1              # requests per model run (1 on CPUs: a batch costs its sum)
     margin_ms: float = 5.0          # the deadline is this much before arrival + budget_ms
     default_deadline_ms: float = 1000.0   # for requests without a latency budget
-    age_bound_ms: float = 500.0     # tier 1 requests move to tier 0 after waiting this long
+    age_bound_ms: float = 1000.0    # requests that waited this long go first
     late_slack_ms: float = 5.0      # "about as early as the fastest" for a late request:
     late_slack: float = 0.1         # within this many ms plus this share of its time so far
     near_value: float = 0.02        # under load, options this close to the most valuable count

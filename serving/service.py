@@ -11,7 +11,7 @@
 
 SIGTERM (what Kubernetes sends on a rolling update) drains the worker: new requests get 503 with
 Retry-After, the requests already taken are answered (for up to STRETCHYSNAKE_DRAIN_S), then
-uvicorn's own shutdown runs and the decoding processes stop. A second SIGTERM stops at once.
+uvicorn's own shutdown runs and the decoding processes stop. SIGINT (Ctrl-C) stops at once.
 
 This module is thin on purpose: the engine (serving.engine), the request handling
 (serving.handler), the upload reader (serving.upload), the options (serving.options) and the
@@ -258,8 +258,9 @@ class StretchySnake:
             self._draining = loop.create_task(drain_then_exit(signum))
 
         def on_sigterm(signum, frame):
-            if self.handler.admission.draining:  # a second SIGTERM: stop now
-                uvicorn_exit(signum, frame)
+            # Once is enough: BentoML's circus relays the SIGTERM that `kill` or a process-group
+            # signal already delivered here; SIGINT (Ctrl-C) still stops at once.
+            if self.handler.admission.draining:
                 return
             self.handler.admission.start_draining()
             # the handler interrupts the loop's thread: the task is created from the loop

@@ -7,7 +7,8 @@
     STRETCHYSNAKE_PROFILE           the profile table; an explicit path must exist
                                     (default: profiles/<device>.json, else a quick self-profile)
     STRETCHYSNAKE_DEVICE            cpu, cuda or cuda:N (default: cuda when available)
-    STRETCHYSNAKE_THREADS           torch CPU threads per worker (default: torch's)
+    STRETCHYSNAKE_THREADS           torch CPU threads of the model (default on CPUs: half the
+                                    cores, all of them with SCHEDULER=fifo; serving.engine)
     STRETCHYSNAKE_TMPDIR            where uploads live while a request runs
                                     (default: $TMPDIR/stretchysnake-uploads)
     STRETCHYSNAKE_MAX_UPLOAD_BYTES  larger uploads get 413, checked while reading (200000000)
@@ -35,8 +36,8 @@
     STRETCHYSNAKE_MAX_BATCH         requests of one configuration run as one batch (default: 8
                                     on CUDA, 1 on CPUs, where a batch costs the sum of its runs)
     STRETCHYSNAKE_DEFAULT_DEADLINE_MS  the deadline of requests without budget_ms (1000)
-    STRETCHYSNAKE_AGE_BOUND_MS      requests without budget_ms, or already late, take their turn
-                                    among the others after waiting this long (500)
+    STRETCHYSNAKE_AGE_BOUND_MS      requests without budget_ms, or already late, go first once
+                                    they have waited this long (1000)
     STRETCHYSNAKE_DEADLINE_MARGIN_MS  the scheduler aims to answer this long before the budget
                                     ends, for the answer's way to the client (5)
     STRETCHYSNAKE_DRAIN_S           after SIGTERM: new requests get 503, admitted ones are
@@ -88,7 +89,7 @@ class Settings:
     decode_slots: int = 2
     max_batch: int | None = None         # None: 8 on CUDA, 1 on CPUs
     default_deadline_ms: float = 1000.0
-    age_bound_ms: float = 500.0
+    age_bound_ms: float = 1000.0
     deadline_margin_ms: float = 5.0
     drain_s: float = 30.0
     cache: Path = Path.home() / ".cache" / "stretchysnake"

@@ -106,6 +106,30 @@ def serve(env: Mapping[str, str], log_path: Path, *, host: str = "127.0.0.1",
             stop(proc)
 
 
+def decoding_processes(server_pid: int) -> list[int]:
+    """The decoding processes (video.isolation) under a server's process tree (Linux /proc;
+    BentoML's workers start sessions of their own, so the tree, not the session, says whose)."""
+    children: dict[int, list[int]] = {}
+    decoding = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+        if b"_child_main" in cmdline:
+            decoding.add(int(entry.name))
+    found, todo = [], [server_pid]
+    while todo:
+        pid = todo.pop()
+        found += [c for c in children.get(pid, []) if c in decoding]
+        todo += children.get(pid, [])
+    return sorted(found)
+
+
 def server_env(root: Path, checkpoint: Path, profile: Path, **settings) -> dict:
     """The server's environment for a test or benchmark under `root`: this process's environment
     without any STRETCHYSNAKE_ setting, then the checkpoint, profile, one thread, and uploads,

@@ -29,8 +29,8 @@ import torch
 
 from serving.errors import from_video_error
 from serving.settings import Settings, SettingsError
-from serving.testing import ServerFailed, serve, server_env, tiny_checkpoint
 from serving.stages import Stages
+from serving.testing import ServerFailed, decoding_processes, serve, server_env, tiny_checkpoint
 from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS
 from video import (CorruptVideo, DecodeMemoryExceeded, DecodeStats, DecodeTimeout,
                    FrameTooLarge, Limits)
@@ -161,23 +161,6 @@ def test_bombs_are_stopped_and_the_server_keeps_serving(server, corpus, capsys):
               f"{valid_s:.2f} s to 200")
 
 
-def _decoding_processes(server_pid: int) -> list[int]:
-    """Decoding children of the server's session (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        session = int(stat.rsplit(")", 1)[1].split()[3])
-        if session == server_pid and b"_child_main" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_server_is_healthy_and_left_nothing_behind(server, corpus):
     # runs last among the server tests: after every file of the corpus and the bombs
     assert server["client"].get("/readyz").status_code == 200
@@ -191,9 +174,10 @@ def test_server_is_healthy_and_left_nothing_behind(server, corpus):
     assert [p for p in server["tmp"].rglob("*") if p.name.startswith(("upload-", "warmup-"))] == []
     assert server["proc"].poll() is None
     if LINUX:  # killed children were replaced, not piled up: the pool's size at most
+        size = server["client"].get("/profile").json()["decoding"]["processes"]
         deadline = time.monotonic() + 10
-        while len(_decoding_processes(server["proc"].pid)) > 2:
-            assert time.monotonic() < deadline, _decoding_processes(server["proc"].pid)
+        while len(decoding_processes(server["proc"].pid)) > size:
+            assert time.monotonic() < deadline, decoding_processes(server["proc"].pid)
             time.sleep(0.1)
     assert "Traceback" not in server["log"].read_text(errors="replace")
 
@@ -308,22 +292,6 @@ def test_the_memory_bound_stops_a_bomb_and_names_it(tmp_path, clip_path, capsys)
             f"{k} rejected after {v:.2f} s (DecodeMemoryExceeded)" for k, v in timings.items()))
 
 
-def _my_decoding_processes() -> list[int]:
-    """This process's decoding children (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and b"_child_main" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_a_decoder_killed_from_outside_costs_a_retry_not_an_error(tmp_path, clip_path):
     with DecodePool(processes=1, memory_bytes=8 << 30) as pool:
         pool.probe(clip_path)
@@ -348,7 +316,7 @@ def test_a_file_that_brings_two_decoders_down_is_a_corrupt_video(tmp_path, clip_
     def crash_every_decoder():  # as a decoder bug that this file triggers would
         seen = {}
         while not stop.wait(0.05):
-            for pid in _my_decoding_processes():
+            for pid in decoding_processes(os.getpid()):
                 # 0.6 s after it appeared: started (~0.3 s), and busy with the 2 s bomb
                 if time.monotonic() - seen.setdefault(pid, time.monotonic()) > 0.6:
                     with contextlib.suppress(ProcessLookupError):

@@ -28,8 +28,8 @@ same Python: PyAV and numpy only, ~0.4 s and ~50 MB to start), one call at a tim
   cooperative deadline, which costs no restart, usually answers first) gets its child killed
   (SIGKILL) and raises `DecodeTimeout`;
 - a child that dies during a call (killed from outside, or a crash inside a decoder) costs a
-  retry on a fresh child; the file is blamed (`CorruptVideo`) only when it brings a second one
-  down too;
+  retry on a child started after it died; the file is blamed (`CorruptVideo`) only when it
+  brings that one down too;
 - children ignore SIGTERM and SIGINT: a supervisor that signals the whole process tree at
   shutdown (BentoML's circus stops a worker's children with it) must not take decoding away
   from the requests the worker is still answering; the parent stops its children (`close`, or
@@ -241,6 +241,10 @@ def _decode_with_stats(**kwargs):
 
 # ------------------------------------------------------------------------------ the parent
 
+class _StartFailed(RuntimeError):
+    """A decoding process died or hung before it was ready."""
+
+
 class _Child:
     """One decoding process and the two pipes to it."""
 
@@ -260,14 +264,18 @@ class _Child:
             os.close(reply_w)
         self.request_fd, self.reply_fd = request_w, reply_r
         self.calls, self.worn_out = 0, False
+        self.started = time.monotonic()
         _widen(self.reply_fd)
         try:
             _, self.pid, self.baseline = _read_message(self.reply_fd,
                                                        time.monotonic() + start_timeout_s)
-        except (_Expired, EOFError):
+        except _Expired:
             self.kill()
-            raise RuntimeError(f"a decoding process did not start within {start_timeout_s:g} s "
-                               f"(exit status {self.proc.poll()})") from None
+            raise _StartFailed(f"a decoding process did not start within {start_timeout_s:g} s")
+        except EOFError:
+            reason = self.exit_reason()
+            self.kill()
+            raise _StartFailed(f"a decoding process ended while starting ({reason})") from None
 
     def call(self, request, deadline: float | None):
         _write_message(self.request_fd, pickle.dumps(request, protocol=5))
@@ -383,18 +391,26 @@ class DecodePool:
                 self._cond.notify_all()
             raise
 
-    def _acquire(self) -> _Child:
+    def _acquire(self, started_after: float | None = None) -> _Child:
+        """An idle child (one started after `started_after`, when given), or a new one."""
         with self._cond:
             while True:
                 if self._closed:
                     raise RuntimeError("the decoding pool is closed")
-                while self._idle:
-                    child = self._idle.pop()
-                    if child.proc.poll() is None:
+                for child in reversed(self._idle):
+                    if child.proc.poll() is not None:
+                        # died while idle (killed from outside): not this request's fault
+                        self._idle.remove(child)
+                        self._count -= 1
+                        threading.Thread(target=child.kill, daemon=True).start()
+                    elif started_after is None or child.started > started_after:
+                        self._idle.remove(child)
                         return child
-                    # died while idle (killed from outside): not this request's fault
+                if self._idle and self._count >= self.processes:
+                    # only children older than the death are idle: replace one of them
+                    old = self._idle.pop(0)
                     self._count -= 1
-                    threading.Thread(target=child.kill, daemon=True).start()
+                    threading.Thread(target=old.kill, daemon=True).start()
                 if self._count < self.processes:
                     self._count += 1
                     break
@@ -445,23 +461,35 @@ class DecodePool:
             threading.Thread(target=spawn, daemon=True, name="decode-spawn").start()
 
     def _call(self, op: str, kwargs: dict, timeout_s: float | None, what: str):
-        """One call in a child; a child that dies during it costs one retry on another."""
-        start = time.monotonic()
-        deadline = None if timeout_s is None else start + timeout_s + self.grace_s
-        try:
-            return self._call_once(op, kwargs, deadline, timeout_s, what)
-        except _ChildDied as first:
-            log.warning("a decoding process died (%s) while %s: retrying on another one",
-                        first.reason, what)
+        """One call in a child. A child that dies during the call costs a retry on another;
+        the file is blamed when a second one dies on it. A child that dies before it could
+        take the call (killed while starting) says nothing about the file: another starts."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s + self.grace_s
+        deaths: list[str] = []
+        failed_starts = 0
+        died_at = None
+        while True:
             try:
-                return self._call_once(op, kwargs, deadline, timeout_s, what)
-            except _ChildDied as second:
-                raise CorruptVideo(f"the decoder crashed on this file twice ({first.reason}, "
-                                   f"then {second.reason}, while {what})") from None
+                return self._call_once(op, kwargs, deadline, timeout_s, what, died_at)
+            except _ChildDied as e:
+                deaths.append(e.reason)
+                if len(deaths) == 2:
+                    raise CorruptVideo(f"the decoder crashed on this file twice ({deaths[0]}, "
+                                       f"then {deaths[1]}, while {what})") from None
+                # on a process started since: one that was idle meanwhile may be dying of the
+                # same cause (several killed at once), and that must not count against the file
+                died_at = e.at
+                log.warning("a decoding process died (%s) while %s: retrying on a fresh one",
+                            e.reason, what)
+            except _StartFailed as e:
+                failed_starts += 1
+                if failed_starts == 3:
+                    raise
+                log.warning("%s: starting another one", e)
 
     def _call_once(self, op: str, kwargs: dict, deadline: float | None,
-                   timeout_s: float | None, what: str):
-        child = self._acquire()
+                   timeout_s: float | None, what: str, started_after: float | None = None):
+        child = self._acquire(started_after)
         healthy = False
         try:
             t0 = time.monotonic()
@@ -474,7 +502,7 @@ class DecodePool:
                                     f"Limits.max_decode_s); it was stopped after "
                                     f"{elapsed:.2f} s") from None
             except (EOFError, BrokenPipeError):
-                raise _ChildDied(child.exit_reason()) from None
+                raise _ChildDied(child.exit_reason(), time.monotonic()) from None
             status, value, retire = reply
             child.calls += 1
             # A long-lived child's RSS creeps up (FFmpeg's and malloc's leftovers from thousands
@@ -491,9 +519,9 @@ class DecodePool:
 
 
 class _ChildDied(Exception):
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, at: float):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.at = reason, at
 
 
 def _portable(source):
