@@ -24,7 +24,7 @@ NSDI 2025, and Clockwork's deadline order, OSDI 2020):
   within near_value of the most valuable counts as good as it, and the fastest of them runs:
   on 2 cores, 8 x 56 px / patch 28 (98.3%) costs a quarter of the model time of patch 8 (100%),
   time that the requests behind it need.
-- A request that can meet its deadline with no option runs the most valuable one among those
+- A request that can meet its deadline at no option runs the most valuable one among those
   predicted to finish about as early as the fastest (within late_slack_ms plus late_slack of its
   time so far): late, but not also wrong. With `strict` it is refused instead, as soon as that
   is known: at submission (with the budget that would be feasible under the current queue), or
@@ -102,7 +102,7 @@ class Request:
     option: Option | None = None          # chosen when the decode starts
     state: str = "new"                    # pending, decoding, ready, running, done, refused
     late: bool = False                    # predicted to miss its deadline (then: cause)
-    cause: str | None = None              # queue, decode or model
+    cause: str | None = None              # queue, upload, decode or model
     slack_ms: float | None = None         # deadline - predicted finish, at decode dispatch
     predicted_finish: float | None = None
     decode_start: float | None = None
@@ -141,7 +141,7 @@ class Refuse:
     """A strict request that cannot meet its budget: refuse it now."""
     request: Request
     feasible_budget_ms: float     # the budget under which it would have been accepted now
-    cause: str                    # queue, decode or model
+    cause: str                    # queue, upload, decode or model
     retry_after_s: int | None     # when the cause is the queue: when it may have drained
 
 
@@ -236,34 +236,32 @@ class Scheduler:
         actions: list[Action] = []
         fifo = self.policy.name == "fifo"
         while self.pending and len(self.decoding) < self.policy.decode_slots:
-            if fifo and not self.idle_but_pending:
-                break
+            if fifo and (self.decoding or self.ready or self.running):
+                break  # one request at a time through both stages
             head = self._head(now)
-            action = self._start_decode(head, now)
-            actions.append(action)
+            actions.append(self._start_decode(head, now))
         if not self.running and self.ready:
             actions.append(self._start_model(now))
         return actions
-
-    @property
-    def idle_but_pending(self) -> bool:
-        """Nothing is being decoded, waits for the model or runs (fifo runs one at a time)."""
-        return not (self.decoding or self.ready or self.running)
 
     def _head(self, now: float) -> Request:
         if self.policy.name == "fifo":
             return min(self.pending, key=lambda r: r.id)
         return min(self.pending, key=lambda r: self._priority(r, now))
 
-    def _priority(self, r: Request, now: float) -> tuple:
+    def _rank(self, r: Request, now: float, on_time: bool, work_ms: float) -> tuple:
         """Smaller runs first: requests that waited age_bound_ms (in arrival order), then those
         with a latency budget they can still meet, then the rest (without a budget, or late);
-        least slack first within a tier."""
+        least slack (deadline minus the work left) first within a tier."""
         if now - r.arrival >= self.policy.age_bound_ms:
             return 0, r.arrival, r.id
+        return 1 if r.budgeted and on_time else 2, r.deadline - work_ms, r.id
+
+    def _priority(self, r: Request, now: float) -> tuple:
+        """For the decoders: the work left is the fastest option's."""
         fast = r.fastest()
-        on_time = r.budgeted and self._finish_lower_bound(r, fast, now) <= r.deadline
-        return 1 if on_time else 2, r.deadline - fast.total_ms, r.id
+        return self._rank(r, now, self._finish_lower_bound(r, fast, now) <= r.deadline,
+                          fast.total_ms)
 
     def _model_free(self, now: float) -> float:
         return max(now, self._running_end) if self.running else now
@@ -296,7 +294,8 @@ class Scheduler:
             head = min(self.ready, key=lambda r: self._model_priority(r, now))
         batch = [head]
         if self.policy.max_batch > 1:
-            same = sorted((r for r in self.ready if r is not head and r.option.key == head.option.key),
+            same = sorted((r for r in self.ready
+                           if r is not head and r.option.key == head.option.key),
                           key=lambda r: self._model_priority(r, now))
             alone = {m: now + self.batch_ms(m.option, 1) <= m.deadline for m in same}
             alone[head] = now + self.batch_ms(head.option, 1) <= head.deadline
@@ -315,10 +314,8 @@ class Scheduler:
         return Model(self.running)
 
     def _model_priority(self, r: Request, now: float) -> tuple:
-        if now - r.arrival >= self.policy.age_bound_ms:
-            return 0, r.arrival, r.id
-        on_time = r.budgeted and now + r.option.model_ms <= r.deadline
-        return 1 if on_time else 2, r.deadline - r.option.model_ms, r.id
+        """For the model: the work left is its run."""
+        return self._rank(r, now, now + r.option.model_ms <= r.deadline, r.option.model_ms)
 
     # -- choosing a configuration
     def _choose_alone(self, r: Request, now: float) -> tuple[Option, float]:
@@ -370,12 +367,12 @@ class Scheduler:
     def _timeline(self, now: float) -> _Timeline:
         """The decode slots and the model after the work already committed (requests decoding
         or ready, in the order they reach the model)."""
-        decoded = [max(now, r.decode_start + r.option.decode_ms) for r in self.decoding]
-        slots = decoded + [now] * (self.policy.decode_slots - len(decoded))
+        reach = [(max(now, r.decode_start + r.option.decode_ms), r.option.model_ms)
+                 for r in self.decoding]
+        slots = [t for t, _ in reach] + [now] * (self.policy.decode_slots - len(reach))
+        reach += [(now, r.option.model_ms) for r in self.ready]
         model_free = self._model_free(now)
-        arrivals = sorted(zip(decoded + [now] * len(self.ready),
-                              (r.option.model_ms for r in (*self.decoding, *self.ready))))
-        for available, model_ms in arrivals:
+        for available, model_ms in sorted(reach):
             model_free = max(model_free, available) + model_ms
         return _Timeline(slots, model_free)
 
@@ -385,8 +382,9 @@ class Scheduler:
         at its fastest option); else its refusal."""
         t = self._timeline(now)
         mine = self._priority(r, now)
-        for q in sorted(self.pending, key=lambda q: self._priority(q, now)):
-            if self._priority(q, now) < mine:
+        ranked = sorted((self._priority(q, now), q.id, q) for q in self.pending)
+        for rank, _, q in ranked:
+            if rank < mine:
                 t.add(q.fastest())
         finish = min(t.finish(o) for o in r.options)
         if finish <= r.deadline:

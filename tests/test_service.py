@@ -348,6 +348,12 @@ def test_metrics_count_configs_budgets_stages_and_errors(server, assets):
     assert r.status_code == 200 and _config(r) == (4, 56, 8)
     assert _metric(server, "stretchysnake_requests_total", frames="4", pixels="56",
                    patch="8") == before + 1
+    # a budget missed, a strict one refused, a file over the limit, bad parameters
+    assert _classify(server, assets, "?budget_ms=0.001").status_code == 200
+    assert _classify(server, assets, "?budget_ms=0.001&strict=true").status_code == 422
+    assert _classify(server, assets, files={"video": ("big.mp4", b"x" * (MAX_UPLOAD + 1),
+                                                      "video/mp4")}).status_code == 413
+    assert _classify(server, assets, "?top_k=0").status_code == 422
     assert _metric(server, "stretchysnake_budget_total", kind="gflops", outcome="met") >= 1
     assert _metric(server, "stretchysnake_budget_total", kind="ms", outcome="met") >= 1
     assert _metric(server, "stretchysnake_budget_total", kind="ms", outcome="missed") >= 1
@@ -357,6 +363,14 @@ def test_metrics_count_configs_budgets_stages_and_errors(server, assets):
         assert _metric(server, "stretchysnake_prediction_ratio_count", stage=stage) >= 1
     assert _metric(server, "stretchysnake_errors_total", status="413", code="too_large") >= 1
     assert _metric(server, "stretchysnake_errors_total", status="422") >= 1
+    # the scheduler's: slack at dispatch, batch sizes, misses and strict refusals by cause,
+    # and the queue (empty between requests)
+    assert _metric(server, "stretchysnake_slack_seconds_count") >= 1
+    assert _metric(server, "stretchysnake_batch_size_count") >= 1
+    assert _metric(server, "stretchysnake_deadline_misses_total", cause="decode") >= 1
+    assert _metric(server, "stretchysnake_budget_refusals_total", cause="decode") >= 1
+    assert "stretchysnake_queue_depth" in server["client"].get("/metrics").text
+    assert _metric(server, "stretchysnake_queue_depth", stage="pending") == 0
     assert _metric(server, "bentoml_service_request_total") > 0  # BentoML's own still there
 
 
