@@ -86,7 +86,7 @@ def load_labels(path: Path | None, net) -> list[str]:
     return labels
 
 
-# ----------------------------------------------------------------------------- per request
+# ----------------------------------------------------------------------------- settings
 def model_threads(settings: Settings, device: torch.device) -> int:
     """STRETCHYSNAKE_THREADS, else: on a CPU, half the cores when decoding runs beside the
     model (a team of threads that spins while decoders hold the other cores makes a forward
@@ -130,6 +130,7 @@ class Engine:
         self.preprocess_ms: dict[Key, float] = {}   # warm-up measurement per configuration
         self.warm_model_ms: dict[Key, float] = {}
         self.ready = False
+        self.values: dict[Key, float] = {}         # option_value per configuration
         self.predictor: Predictor | None = None
         self.stages: Stages | None = None
         self.runner: Runner | None = None
@@ -333,10 +334,6 @@ class Engine:
         _, future = self.submit(source, info, options, arrival=arrival,
                                 stages_ms={"probe": probe_s * 1e3}, probe_s=probe_s)
         return future.result()
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until every request submitted has its answer (False if time ran out)."""
-        return self.runner is None or self.runner.drain(timeout_s)
 
     def close(self) -> None:
         """Stop the threads and the decoding processes."""

@@ -67,6 +67,8 @@ class Policy:
     late_slack: float = 0.1         # within this many ms plus this share of its time so far
     near_value: float = 0.02        # under load, options this close to the most valuable count
                                     # as good as it, and the fastest of them runs
+    safety: float = 0.1             # on time: predicted finish plus this share of the work
+                                    # predicted from now, within the deadline
     lookahead: int = 16             # requests behind the head that a rollout considers
 
     def __post_init__(self):
@@ -77,7 +79,7 @@ class Policy:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("margin_ms", "default_deadline_ms", "age_bound_ms", "late_slack_ms",
-                     "late_slack", "near_value"):
+                     "late_slack", "near_value", "safety"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 problems.append(f"{name} must be a finite number >= 0, not {v!r}")
@@ -274,9 +276,10 @@ class Scheduler:
         self.pending.remove(r)
         if self.policy.name == "fifo":
             option, finish = self._choose_alone(r, now)
+            r.late = r.budgeted and finish > r.deadline
         else:
             option, finish = self._choose(r, now)
-        r.late = r.budgeted and finish > r.deadline
+            r.late = r.budgeted and self._padded(finish, now) > r.deadline
         if r.late and r.strict:
             r.state = "refused"
             return self._refusal(r, now)
@@ -325,6 +328,11 @@ class Scheduler:
         o = select(finishes, r.deadline) or r.fastest()
         return o, finishes[o]
 
+    def _padded(self, finish: float, now: float) -> float:
+        """A predicted finish with room for the prediction's error, which grows with the work
+        predicted: on time means padded finish <= deadline."""
+        return finish + self.policy.safety * (finish - now)
+
     def _choose(self, head: Request, now: float) -> tuple[Option, float]:
         """The head's option by rollout over the queue (module docstring)."""
         base = self._timeline(now)
@@ -333,13 +341,14 @@ class Scheduler:
         # others waiting: the server is the bottleneck, and time saved is time for them
         near = self.policy.near_value if behind or self.ready or self.decoding else 0.0
         alone = {o: base.finish(o) for o in head.options}   # behind the committed work
-        if select(alone, head.deadline) is not None:
-            allowed = [o for o in head.options if alone[o] <= head.deadline]
+        padded = {o: self._padded(f, now) for o, f in alone.items()}
+        if select(padded, head.deadline) is not None:
+            allowed = [o for o in head.options if padded[o] <= head.deadline]
         else:  # late whatever it runs: only options about as fast as the fastest
             first = min(alone.values())
             tolerance = self.policy.late_slack_ms + self.policy.late_slack * (first - head.arrival)
             allowed = [o for o in head.options if alone[o] <= first + tolerance]
-        scores = {o: self._rollout(base, head, o, behind, near) for o in _frontier(allowed)}
+        scores = {o: self._rollout(base, head, o, behind, near, now) for o in _frontier(allowed)}
         most = max(met for met, _ in scores.values())
         contenders = {o: alone[o] for o, (met, _) in scores.items() if met == most}
         if near:
@@ -349,17 +358,17 @@ class Scheduler:
         return best, alone[best]
 
     def _rollout(self, base: _Timeline, head: Request, option: Option,
-                 behind: list[Request], near: float = 0.0) -> tuple[int, float]:
+                 behind: list[Request], near: float, now: float) -> tuple[int, float]:
         """(deadlines met, summed value of the answers on time) when `head` runs `option` and
         every request behind it, in order, the option `select` gives it (the most valuable on
         time, else its fastest)."""
         t = base.copy()
-        finish = t.add(option)
+        finish = self._padded(t.add(option), now)
         met, value = (1, option.value) if finish <= head.deadline else (0, 0.0)
         for r in behind:
-            finishes = {o: t.finish(o) for o in _frontier(r.options)}
+            finishes = {o: self._padded(t.finish(o), now) for o in _frontier(r.options)}
             best = select(finishes, r.deadline, near) or min(finishes, key=finishes.get)
-            if t.add(best) <= r.deadline:
+            if self._padded(t.add(best), now) <= r.deadline:
                 met += 1
                 value += best.value
         return met, value
@@ -387,13 +396,14 @@ class Scheduler:
             if rank < mine:
                 t.add(q.fastest())
         finish = min(t.finish(o) for o in r.options)
-        if finish <= r.deadline:
+        if self._padded(finish, now) <= r.deadline:
             return None
-        return self._refusal(r, now, finish)
+        return self._refusal(r, now, self._padded(finish, now))
 
     def _refusal(self, r: Request, now: float, finish: float | None = None) -> Refuse:
+        """`finish`: the earliest it could answer, with room for the prediction's error."""
         if finish is None:
-            finish = self._timeline(now).finish(r.fastest())
+            finish = self._padded(self._timeline(now).finish(r.fastest()), now)
         cause = self._cause(r, now)
         need = finish - r.arrival + self.policy.margin_ms
         retry = None
