@@ -160,13 +160,13 @@ class ClassifyHandler:
                 options = parse_options(query, upload.fields, ignore={VIDEO_FIELD})
                 info, probe_s = await asyncio.get_running_loop().run_in_executor(
                     self._probe_threads, engine.probe, upload.path)
-                stages = {"upload": (t_read - arrival) * 1e3, "probe": probe_s * 1e3}
-                job, future = engine.submit(upload.path, info, options, arrival=arrival,
-                                            stages_ms=stages, probe_s=probe_s)
+                measured = {"upload": (t_read - arrival) * 1e3, "probe": probe_s * 1e3}
+                scheduled, future = engine.submit(upload.path, info, options, arrival=arrival,
+                                                  stages_ms=measured, probe_s=probe_s)
                 try:
                     result = await asyncio.wrap_future(future)
                 except asyncio.CancelledError:
-                    engine.cancel(job)
+                    engine.cancel(scheduled)
                     raise
             if self.metrics is not None:
                 self.metrics.answered(result)

@@ -44,6 +44,7 @@ it with the real stages, and `simulate` below with a fake clock and fake stages 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import math
@@ -117,8 +118,14 @@ class Request:
     def budgeted(self) -> bool:
         return self.budget_ms is not None
 
+    @functools.cached_property
     def fastest(self) -> Option:
         return min(self.options, key=lambda o: (o.total_ms, -o.value, o.key))
+
+    @functools.cached_property
+    def frontier(self) -> list[Option]:
+        """The options worth considering (`_frontier`), computed once."""
+        return _frontier(self.options)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -261,7 +268,7 @@ class Scheduler:
 
     def _priority(self, r: Request, now: float) -> tuple:
         """For the decoders: the work left is the fastest option's."""
-        fast = r.fastest()
+        fast = r.fastest
         return self._rank(r, now, self._finish_lower_bound(r, fast, now) <= r.deadline,
                           fast.total_ms)
 
@@ -325,7 +332,7 @@ class Scheduler:
         """fifo: the most valuable option that fits the time left, with nothing else in view
         (nothing else runs); the fastest when none fits."""
         finishes = {o: now + o.total_ms for o in r.options}
-        o = select(finishes, r.deadline) or r.fastest()
+        o = select(finishes, r.deadline) or r.fastest
         return o, finishes[o]
 
     def _padded(self, finish: float, now: float) -> float:
@@ -366,7 +373,7 @@ class Scheduler:
         finish = self._padded(t.add(option), now)
         met, value = (1, option.value) if finish <= head.deadline else (0, 0.0)
         for r in behind:
-            finishes = {o: self._padded(t.finish(o), now) for o in _frontier(r.options)}
+            finishes = {o: self._padded(t.finish(o), now) for o in r.frontier}
             best = select(finishes, r.deadline, near) or min(finishes, key=finishes.get)
             if self._padded(t.add(best), now) <= r.deadline:
                 met += 1
@@ -394,7 +401,7 @@ class Scheduler:
         ranked = sorted((self._priority(q, now), q.id, q) for q in self.pending)
         for rank, _, q in ranked:
             if rank < mine:
-                t.add(q.fastest())
+                t.add(q.fastest)
         finish = min(t.finish(o) for o in r.options)
         if self._padded(finish, now) <= r.deadline:
             return None
@@ -403,12 +410,12 @@ class Scheduler:
     def _refusal(self, r: Request, now: float, finish: float | None = None) -> Refuse:
         """`finish`: the earliest it could answer, with room for the prediction's error."""
         if finish is None:
-            finish = self._padded(self._timeline(now).finish(r.fastest()), now)
+            finish = self._padded(self._timeline(now).finish(r.fastest), now)
         cause = self._cause(r, now)
         need = finish - r.arrival + self.policy.margin_ms
         retry = None
         if cause == "queue":
-            backlog = finish - now - r.fastest().total_ms
+            backlog = finish - now - r.fastest.total_ms
             retry = max(1, math.ceil(backlog / 1e3))
         return Refuse(r, math.ceil(need * 10) / 10, cause, retry)
 
@@ -417,7 +424,7 @@ class Scheduler:
         (decode), decode and the model do (model), its upload and probe left too little
         (upload), or it would have fitted on an idle server (queue)."""
         room = r.deadline - r.arrival
-        fastest = r.fastest()
+        fastest = r.fastest
         if min(o.decode_ms for o in r.options) > room:
             return "decode"
         if fastest.total_ms > room:

@@ -201,7 +201,7 @@ class ProfileTable:
 
 
 # ----------------------------------------------------------------------------- choosing
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: dict keys, and cheap
 class Option:
     """One configuration as one request would run it: what its answer is worth and what it
     costs, predicted for this request's video."""

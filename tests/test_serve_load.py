@@ -46,6 +46,7 @@ def test_load_and_soak_against_the_real_server(tmp_path):
         assert r["server_total_ms"]["p50"] > 0 and r["overhead_ms_p50"] >= 0
     # 60 s and 0.03 GFLOPs are feasible for the tiny model and met; no budget: no hit rate
     assert rows["ms:60000"]["hit_rate"] == 1 and rows["gflops:0.03"]["hit_rate"] == 1
+    assert rows["ms:60000"]["met_at_client"] == 1 and rows["gflops:0.03"]["met_at_client"] is None
     assert rows["gflops:0.03"]["configs"] == {"8x112/16": 2}
     assert rows["none"]["hit_rate"] is None and rows["none"]["configs"] == {"16x112/16": 2}
     assert load["tmp_files_left"] is None  # --url without --server-tmpdir: unknown
@@ -108,3 +109,32 @@ def test_frontier_compares_the_budgeted_server_with_every_fixed_configuration(tm
     # same model on the same clips answers the same as when that configuration is forced
     [served] = rows["ms:60000"]["served_configs"]
     assert served == "16x112/16" and rows["ms:60000"]["served_top1"] == fixed[served]["top1"]
+
+
+def test_mixed_budgets_both_policies_side_by_side(tmp_path):
+    _, ckpt, profile = tiny_checkpoint(tmp_path, LABELS, CONFIGS)
+    out = tmp_path / "results"
+    assert serve_load.main(["--mixed", "--checkpoint", str(ckpt), "--profile", str(profile),
+                            "--threads", "1", "--concurrency", "1,2", "--requests", "8",
+                            "--warmup", "2", "--mix", "ms:60000,ms:1,none", "--clips", "2",
+                            "--clip-size", "64", "--clip-frames", "16", "--out-dir", str(out),
+                            "--no-plot"]) == 0
+    mixed = json.loads((out / "serve_mixed.json").read_text())
+    assert mixed["mode"] == "mixed" and mixed["mix"] == ["ms:60000", "ms:1", "none"]
+    assert [run["policy"] for run in mixed["runs"]] == ["deadline", "fifo"]
+    for run in mixed["runs"]:
+        assert [level["concurrency"] for level in run["levels"]] == [1, 2]
+        for level in run["levels"]:
+            assert level["requests"] == 8 and level["ok"] == 8
+            rows = {r["budget"]: r for r in level["budgets"]}
+            # the same draws for every policy and level; 1 ms is never met, 60 s always
+            assert rows["ms:1"]["met"] == 0 and rows["none"]["met"] is None
+            assert rows["ms:60000"]["met"] == rows["ms:60000"]["requests"]
+            assert level["met"] == rows["ms:60000"]["met"]
+            assert level["latency_budgeted"] == rows["ms:60000"]["requests"] + \
+                rows["ms:1"]["requests"]
+            assert level["effective_accuracy"] is None  # generated clips carry no label
+        assert run["server"]["tmp_files_left"] == []
+    draws = [[r["requests"] for r in level["budgets"]] for run in mixed["runs"]
+             for level in run["levels"]]
+    assert all(d == draws[0] for d in draws)

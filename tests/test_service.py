@@ -25,7 +25,8 @@ from serving import engine as eng
 from serving import profile as prof
 from serving import tables
 from serving.correction import LatencyCorrector
-from serving.errors import BadParameters, BadRequest, BudgetInfeasible, PayloadTooLarge
+from serving.errors import (BadParameters, BadRequest, BudgetInfeasible, PayloadTooLarge,
+                            UploadTimeout)
 from serving.options import Options, parse_options
 from serving.selector import ProfileTable
 from serving.settings import Settings, SettingsError
@@ -475,6 +476,28 @@ def test_read_upload_streams_the_video_part_and_cleans_up(tmp_path):
     raw = asyncio.run(read_upload({"content-type": "video/mp4"}, _stream(b"abc"), tmp_path, 10))
     assert raw.path.read_bytes() == b"abc" and not raw.form
     raw.remove()
+
+
+def test_read_upload_stops_stalled_and_trickling_uploads(tmp_path):
+    async def stalled():
+        yield b"x" * 10
+        await asyncio.sleep(5)
+        yield b"y"
+
+    async def trickling():
+        for _ in range(50):
+            yield b"z"
+            await asyncio.sleep(0.01)
+
+    raw = {"content-type": "video/mp4"}
+    with pytest.raises(UploadTimeout, match="sent nothing for 0.05 s after 10 bytes"):
+        asyncio.run(read_upload(raw, stalled(), tmp_path, 1000, idle_s=0.05))
+    with pytest.raises(UploadTimeout, match="too slow"):
+        asyncio.run(read_upload(raw, trickling(), tmp_path, 1000, idle_s=0.1, min_rate=1000))
+    assert list(tmp_path.iterdir()) == []  # nothing left on disk
+    ok = asyncio.run(read_upload(raw, trickling(), tmp_path, 1000, idle_s=0.1, min_rate=10))
+    assert ok.size == 50
+    ok.remove()
 
 
 def test_latency_corrector_scales():
