@@ -37,7 +37,6 @@ STAGE_BUCKETS = (.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, .75, 1, 2
 RATIO_BUCKETS = (.25, .5, .67, .8, .9, 1.0, 1.1, 1.25, 1.5, 2, 3, 4, 8)
 SLACK_BUCKETS = (-.25, -.1, -.05, -.025, -.01, 0, .005, .01, .025, .05, .1, .25, .5, 1)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
-STAGES = ("pending", "decoding", "ready", "running")
 
 
 class Metrics:

@@ -11,7 +11,8 @@
 
 SIGTERM (what Kubernetes sends on a rolling update) drains the worker: new requests get 503 with
 Retry-After, the requests already taken are answered (for up to STRETCHYSNAKE_DRAIN_S), then
-uvicorn's own shutdown runs and the decoding processes stop. SIGINT (Ctrl-C) stops at once.
+uvicorn's own shutdown runs and the decoding processes stop. SIGINT (Ctrl-C) goes straight to
+uvicorn's shutdown.
 
 This module is thin on purpose: the engine (serving.engine), the request handling
 (serving.handler), the upload reader (serving.upload), the options (serving.options) and the
@@ -259,7 +260,7 @@ class StretchySnake:
 
         def on_sigterm(signum, frame):
             # Once is enough: BentoML's circus relays the SIGTERM that `kill` or a process-group
-            # signal already delivered here; SIGINT (Ctrl-C) still stops at once.
+            # signal already delivered here.
             if self.handler.admission.draining:
                 return
             self.handler.admission.start_draining()
