@@ -104,7 +104,7 @@ def policy_for(settings: Settings, device: torch.device) -> Policy:
     """The scheduler's policy from the settings (batching by default on CUDA only)."""
     batch = settings.max_batch or (8 if device.type == "cuda" else 1)
     return Policy(name=settings.scheduler, decode_slots=settings.decode_slots, max_batch=batch,
-                  margin_ms=settings.deadline_margin_ms,
+                  shared_cores=device.type == "cpu", margin_ms=settings.deadline_margin_ms,
                   default_deadline_ms=settings.default_deadline_ms,
                   age_bound_ms=settings.age_bound_ms)
 

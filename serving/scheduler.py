@@ -29,6 +29,11 @@ NSDI 2025, and Clockwork's deadline order, OSDI 2020):
   time so far): late, but not also wrong. With `strict` it is refused instead, as soon as that
   is known: at submission (with the budget that would be feasible under the current queue), or
   when it reaches the head.
+- On a CPU the decoders and the model share the cores, and work started beside a request slows
+  it down: a request that can wait (no latency budget, or slack for twice its work) does not
+  start while a request in flight has less slack than that work, and leaves one decoder free
+  while requests that cannot wait keep coming, so that the next one starts at once (Clockwork
+  keeps capacity for the deadline it knows of; this keeps it for the next one).
 - The model takes the ready request with the least slack. On devices that batch (max_batch > 1),
   ready requests of the same configuration join it while the predicted batch time keeps every
   member within its deadline (the most urgent one's slack decides).
@@ -70,6 +75,10 @@ class Policy:
                                     # as good as it, and the fastest of them runs
     safety: float = 0.1             # on time: predicted finish plus this share of the work
                                     # predicted from now, within the deadline
+    shared_cores: bool = False      # the stages share the cores (a CPU): work that can wait
+                                    # does not start beside a request that cannot, and leaves
+    urgent_window_ms: float = 1000.0  # one decoder free for such a request while one came
+                                    # in this window
     lookahead: int = 16             # requests behind the head that a rollout considers
 
     def __post_init__(self):
@@ -80,7 +89,7 @@ class Policy:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("margin_ms", "default_deadline_ms", "age_bound_ms", "late_slack_ms",
-                     "late_slack", "near_value", "safety"):
+                     "late_slack", "near_value", "safety", "urgent_window_ms"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 problems.append(f"{name} must be a finite number >= 0, not {v!r}")
@@ -185,6 +194,7 @@ class Scheduler:
         self.ready: list[Request] = []
         self.running: tuple[Request, ...] = ()
         self._running_end = 0.0         # predicted end of the running batch
+        self._last_urgent = -math.inf   # when the last request that could not wait came
 
     # -- the caller's events
     def submit(self, request: Request, now: float) -> list[Action]:
@@ -204,6 +214,8 @@ class Scheduler:
                 request.state = "refused"
                 raise Infeasible(refusal)
         self.pending.append(request)
+        if not self._can_wait_alone(request, now):
+            self._last_urgent = now
         return self._dispatch(now)
 
     def decoded(self, request: Request, now: float, failed: bool = False) -> list[Action]:
@@ -248,10 +260,34 @@ class Scheduler:
             if fifo and (self.decoding or self.ready or self.running):
                 break  # one request at a time through both stages
             head = self._head(now)
+            if self.policy.shared_cores and self._can_wait(head, now):
+                break
             actions.append(self._start_decode(head, now))
         if not self.running and self.ready:
             actions.append(self._start_model(now))
         return actions
+
+    def _can_wait_alone(self, r: Request, now: float) -> bool:
+        """No latency budget, or slack for twice its own work."""
+        work = r.fastest.total_ms
+        return not r.budgeted or r.deadline - now - work * (1 + self.policy.safety) >= 2 * work
+
+    def _can_wait(self, r: Request, now: float) -> bool:
+        """Shared cores: should `r`, which can wait, wait rather than start now? It does beside
+        a request in flight whose slack is smaller than the work `r` would add, and it leaves
+        one decoder free while requests that cannot wait keep coming (one came within
+        urgent_window_ms), so that the next one starts at once. Measured on 2 cores with the
+        mixed budgets at concurrency 4 and 8 (PER_CLIENT runs of /classify, bundled
+        checkpoint): budgets met 73% and 63% without either, 80% and 75% with the first,
+        88% and 83% with both; throughput 37 and 38 requests/s, then 27 and 31."""
+        if not self._can_wait_alone(r, now):
+            return False
+        if len(self.decoding) >= self.policy.decode_slots - 1 and self.policy.decode_slots > 1 \
+                and now - self._last_urgent <= self.policy.urgent_window_ms:
+            return True
+        work = r.fastest.total_ms
+        return any(not q.late and q.budgeted and q.slack_ms < work
+                   for q in (*self.decoding, *self.ready, *self.running))
 
     def _head(self, now: float) -> Request:
         if self.policy.name == "fifo":
@@ -421,16 +457,17 @@ class Scheduler:
 
     def _cause(self, r: Request, now: float) -> str:
         """Why `r` misses its deadline: decoding its video alone takes longer than its budget
-        (decode), decode and the model do (model), its upload and probe left too little
-        (upload), or it would have fitted on an idle server (queue)."""
+        (decode), decode and the model take longer than what its upload and probe left, and
+        those took a real share of it (upload) or not (model), or it would have fitted on an
+        idle server (queue)."""
         room = r.deadline - r.arrival
         fastest = r.fastest
+        before = r.submitted - r.arrival        # upload and probe
         if min(o.decode_ms for o in r.options) > room:
             return "decode"
-        if fastest.total_ms > room:
-            return "model"
         if r.submitted + fastest.total_ms > r.deadline:
-            return "upload"
+            # the upload is to blame when it took a real share of the budget
+            return "upload" if before > max(10.0, 0.1 * room) else "model"
         return "queue"
 
 

@@ -174,6 +174,45 @@ def test_a_strict_request_that_becomes_late_in_the_queue_is_refused_when_it_is_i
     assert refusals and refusals[0].request is strict and strict.state == "refused"
 
 
+def test_on_shared_cores_work_that_can_wait_does_not_start_beside_an_urgent_request():
+    shared = Policy(shared_cores=True)
+    sched = Scheduler(shared)
+    urgent = req(0.0, 35)        # 8x56/8: 23.5 ms of work, 30 ms to do it in
+    loose = req(1.0, 1000)
+    assert [type(a) for a in sched.submit(urgent, 0.0)] == [Decode]
+    assert sched.submit(loose, 1.0) == []  # a free decoder, but it waits
+    assert loose.state == "pending" and urgent.slack_ms < loose.fastest.total_ms
+    actions = sched.decoded(urgent, 14.0)
+    assert [type(a) for a in actions] == [Model]  # the urgent one still runs: still waiting
+    actions = sched.modelled(actions[0].batch, 17.0)
+    assert [a.request for a in actions] == [loose]
+    # a request without slack to spare starts at once; so does everything on a GPU
+    sched = Scheduler(shared)
+    sched.submit(req(0.0, 35), 0.0)
+    assert [type(a) for a in sched.submit(req(1.0, 30), 1.0)] == [Decode]
+    sched = Scheduler(Policy(shared_cores=False))
+    sched.submit(req(0.0, 35), 0.0)
+    assert [type(a) for a in sched.submit(req(1.0, 1000), 1.0)] == [Decode]
+
+
+def test_on_shared_cores_a_decoder_stays_free_while_urgent_requests_keep_coming():
+    sched = Scheduler(Policy(shared_cores=True, urgent_window_ms=1000))
+    simulate(sched, [req(0.0, 35)])                    # one that could not wait, at 0 ms
+    loose = [req(100.0, 5000) for _ in range(2)]
+    for r in loose:
+        sched.submit(r, 100.0)
+    assert [r.state for r in loose] == ["decoding", "pending"]  # one decoder kept free
+    urgent = req(101.0, 35)
+    assert [a.request for a in sched.submit(urgent, 101.0)] == [urgent]  # and it starts at once
+    # no urgent request for a second: loose work takes every decoder
+    quiet = Scheduler(Policy(shared_cores=True, urgent_window_ms=1000))
+    simulate(quiet, [req(0.0, 35)])
+    loose = [req(2000.0, 5000) for _ in range(2)]
+    for r in loose:
+        quiet.submit(r, 2000.0)
+    assert [r.state for r in loose] == ["decoding", "decoding"]
+
+
 def test_same_configuration_requests_share_a_batch_when_the_slack_allows():
     batch_ms = lambda o, n: o.model_ms * (1 + 0.25 * (n - 1))  # noqa: E731 - a GPU-like cost
     only = tuple(o for o in OPTIONS if o.key == BEST)
