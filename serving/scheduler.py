@@ -277,9 +277,9 @@ class Scheduler:
         a request in flight whose slack is smaller than the work `r` would add, and it leaves
         one decoder free while requests that cannot wait keep coming (one came within
         urgent_window_ms), so that the next one starts at once. Measured on 2 cores with the
-        mixed budgets at concurrency 4 and 8 (PER_CLIENT runs of /classify, bundled
-        checkpoint): budgets met 73% and 63% without either, 80% and 75% with the first,
-        88% and 83% with both; throughput 37 and 38 requests/s, then 27 and 31."""
+        mixed budgets (`benchmarks/serve_load.py --mixed`, concurrency 4 and 8): 73% and 66%
+        of the budgets met without these rules (40 requests/s), 91% and 86% with them (31-33
+        requests/s)."""
         if not self._can_wait_alone(r, now):
             return False
         if len(self.decoding) >= self.policy.decode_slots - 1 and self.policy.decode_slots > 1 \
