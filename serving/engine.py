@@ -47,14 +47,13 @@ from .predict import Predictor
 from .response import answer, gflops_refusal, refusal, rounded
 from .runner import Runner
 from .scheduler import Infeasible, Policy, Request, Scheduler
-from .selector import Option, ProfiledConfig, ProfileTable, option_value, within_gflops
+from .selector import Key, Option, ProfiledConfig, ProfileTable, option_value, within_gflops
 from .settings import Settings, SettingsError
 from .stages import Job, Stages
 from .tables import (QuickProfile, model_fingerprint, quick_decode_model, reconcile,
                      resolve_table)
 
 log = logging.getLogger("stretchysnake.serving")
-Key = tuple[int, int, int]
 AXES = ("frames", "pixels", "patch")
 
 

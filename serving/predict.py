@@ -20,9 +20,7 @@ from video import VideoInfo
 
 from .correction import LatencyCorrector
 from .decode_cost import DecodeModel
-from .selector import ProfiledConfig, ProfileTable
-
-Key = tuple[int, int, int]
+from .selector import Key, ProfiledConfig, ProfileTable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,8 @@ from video import VideoInfo
 from .errors import BudgetInfeasible
 from .options import Options
 from .scheduler import Refuse, Request
-from .selector import ProfiledConfig
+from .selector import Key, ProfiledConfig
 from .stages import Job
-
-Key = tuple[int, int, int]
 
 
 def rounded(v: float | None, nd: int = 3):

@@ -268,7 +268,10 @@ class Scheduler:
         return actions
 
     def _can_wait_alone(self, r: Request, now: float) -> bool:
-        """No latency budget, or slack for twice its own work."""
+        """No latency budget, or slack for twice its own work; and not yet waited age_bound_ms
+        (nothing starves)."""
+        if now - r.arrival >= self.policy.age_bound_ms:
+            return False
         work = r.fastest.total_ms
         return not r.budgeted or r.deadline - now - work * (1 + self.policy.safety) >= 2 * work
 

@@ -26,8 +26,7 @@ from video import DecodeStats, Limits, VideoInfo, preprocess
 from .options import Options
 from .predict import Predictor, StageTimes
 from .scheduler import Request
-
-Key = tuple[int, int, int]
+from .selector import Key
 
 
 @dataclasses.dataclass(eq=False)

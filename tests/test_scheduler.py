@@ -204,6 +204,12 @@ def test_on_shared_cores_a_decoder_stays_free_while_urgent_requests_keep_coming(
     assert [r.state for r in loose] == ["decoding", "pending"]  # one decoder kept free
     urgent = req(101.0, 35)
     assert [a.request for a in sched.submit(urgent, 101.0)] == [urgent]  # and it starts at once
+    # a request that has waited its age bound does not wait any longer
+    old = req(-1000.0)
+    sched.submit(old, 101.0)
+    assert old.state == "pending"  # every decoder busy
+    sched.decoded(loose[0], 120.0)
+    assert old.state == "decoding" and loose[1].state == "pending"
     # no urgent request for a second: loose work takes every decoder
     quiet = Scheduler(Policy(shared_cores=True, urgent_window_ms=1000))
     simulate(quiet, [req(0.0, 35)])
