@@ -348,10 +348,13 @@ class Scheduler:
                           key=lambda r: self._model_priority(r, now))
             alone = {m: now + self.batch_ms(m.option, 1) <= m.deadline for m in same}
             alone[head] = now + self.batch_ms(head.option, 1) <= head.deadline
+            single = self.batch_ms(head.option, 1)
             for r in same[:self.policy.max_batch - 1]:
-                end = now + self.batch_ms(head.option, len(batch) + 1)
+                cost = self.batch_ms(head.option, len(batch) + 1)
+                if cost >= self.batch_ms(head.option, len(batch)) + single:
+                    break  # no gain: a batch would only make its first member wait
                 # every member that would be on time alone stays on time
-                if all(end <= m.deadline for m in (*batch, r) if alone[m]):
+                if all(now + cost <= m.deadline for m in (*batch, r) if alone[m]):
                     batch.append(r)
                 else:
                     break

@@ -238,9 +238,11 @@ def test_same_configuration_requests_share_a_batch_when_the_slack_allows():
                         + [req(1.0, 500, options=only) for _ in range(3)])
     assert all(o.met for o in outcomes) and urgent.batch_size == 1
     assert {o.request.batch_size for o in outcomes[2:]} == {3}
-    # on a CPU (max_batch 1) nothing is batched
-    outcomes = simulate(Scheduler(), [req(0.0, 500, options=only) for _ in range(4)])
-    assert {o.request.batch_size for o in outcomes} == {1}
+    # on a CPU (max_batch 1) nothing is batched, nor where a batch costs its runs one by one
+    for sched in (Scheduler(), Scheduler(policy)):
+        outcomes = simulate(sched, [req(0.0, 500, options=only)]
+                            + [req(1.0, 500, options=only) for _ in range(4)])
+        assert {o.request.batch_size for o in outcomes} == {1}
 
 
 def test_decodes_overlap_the_model_and_fifo_runs_one_at_a_time():
