@@ -179,10 +179,16 @@ class Result:
     error: str | None = None    # the answer's error code, or the exception's name
     body: dict | None = None
     label: str | None = None
+    budget_ms: float | None = None   # the latency budget it was sent with
 
     @property
     def ok(self) -> bool:
         return self.status == 200 and self.body is not None
+
+    @property
+    def met_at_client(self) -> bool:
+        """A 200 answer within its latency budget, measured here."""
+        return self.ok and self.budget_ms is not None and self.client_ms <= self.budget_ms
 
     def timing(self, stage: str) -> float | None:
         t = self.body.get("timing_ms", {}) if self.ok else {}
@@ -202,10 +208,10 @@ def send(client: httpx.Client, upload: Upload, budget: Budget) -> Result:
         error = None if r.status_code == 200 else (
             body.get("code") if isinstance(body, dict) else f"http {r.status_code}")
         return Result(upload.kind, budget.name, r.status_code, ms, error,
-                      body if r.status_code == 200 else None, upload.label)
+                      body if r.status_code == 200 else None, upload.label, budget.ms)
     except Exception as e:  # noqa: BLE001 - transport errors, timeouts: counted, never fatal
         return Result(upload.kind, budget.name, 0, (time.perf_counter() - t0) * 1e3,
-                      f"{type(e).__name__}: {e}"[:200], None, upload.label)
+                      f"{type(e).__name__}: {e}"[:200], None, upload.label, budget.ms)
 
 
 class Progress:
@@ -306,7 +312,7 @@ def summarize(results: list[Result], wall_s: float, budget: str | None = None) -
     # "all": feasibility and hits over the requests that had a budget
     with_budget = [r for r in ok if r.budget != "none"]
     # what a client sees: every request with a latency budget, errors included
-    timed = [r for r in results if Budget.parse(r.budget).ms is not None]
+    timed = [r for r in results if r.budget_ms is not None]
     budgeted = bool(with_budget)
     feasible = [r for r in with_budget if r.body["budget"]["feasible"]]
     configs = collections.Counter(
@@ -329,8 +335,8 @@ def summarize(results: list[Result], wall_s: float, budget: str | None = None) -
         "hit_rate": (sum(r.body["budget"]["met"] for r in feasible) / len(feasible)
                      if budgeted and feasible else None),
         "latency_budgeted": len(timed),
-        "met_at_client": (sum(met_at_client(r, Budget.parse(r.budget)) for r in timed)
-                          / len(timed) if timed else None),
+        "met_at_client": (sum(r.met_at_client for r in timed) / len(timed)
+                          if timed else None),
         "configs": dict(configs.most_common()),
         "errors_by_status": by_status(results),
         "top1": (sum(r.body["labels"][0]["label"] == r.label for r in labelled) / len(labelled)
@@ -687,15 +693,10 @@ def mixed_job(clips: list[Upload], mix: list[Budget], seed: int):
     return job
 
 
-def met_at_client(r: Result, budget: Budget) -> bool:
-    return r.ok and budget.ms is not None and r.client_ms <= budget.ms
-
-
 def summarize_mixed(results: list[Result], wall_s: float, mix: list[Budget]) -> dict:
     """What a client sees: every request with a latency budget counts, errors included."""
-    by_name = {b.name: b for b in mix}
-    timed = [r for r in results if by_name[r.budget].ms is not None]
-    met = [r for r in timed if met_at_client(r, by_name[r.budget])]
+    timed = [r for r in results if r.budget_ms is not None]
+    met = [r for r in timed if r.met_at_client]
     correct = [r for r in met if r.label is not None and r.body["labels"][0]["label"] == r.label]
     labelled = all(r.label is not None for r in timed)
     rows = []
@@ -704,7 +705,7 @@ def summarize_mixed(results: list[Result], wall_s: float, mix: list[Budget]) -> 
         ok = [r for r in mine if r.ok]
         rows.append({
             "budget": b.name, "requests": len(mine), "ok": len(ok),
-            "met": sum(met_at_client(r, b) for r in mine) if b.ms is not None else None,
+            "met": sum(r.met_at_client for r in mine) if b.ms is not None else None,
             "client_ms": {"p50": pct([r.client_ms for r in ok], 50),
                           "p99": pct([r.client_ms for r in ok], 99)},
             "configs": dict(collections.Counter(

@@ -25,9 +25,20 @@ def test_load_and_soak_against_the_real_server(tmp_path):
     clips = ["--clips", "2", "--clip-size", "64", "--clip-frames", "16", "--budgets", BUDGETS,
              "--out-dir", str(out)]
 
+    # a labelled test split of two clips of the tiny model's classes, for --frontier
+    clip_paths = serve_load.render_clips(tmp_path / "clips", 2, 64, 16, seed=0)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "".join(
+        f"clips/{c.name},{label},test\n" for c, label in zip(clip_paths, LABELS)))
+    frontier_out = tmp_path / "frontier"
+
     with serve(server_env(tmp_path, ckpt, profile), tmp_path / "server.log") as server:
         assert serve_load.main(["--url", server.url, "--concurrency", "2", "--requests", "6",
                                 "--warmup", "1", *clips]) == 0
+        assert serve_load.main(["--url", server.url, "--concurrency", "1", "--data",
+                                str(manifest), "--budgets", "ms:60000,gflops:0.03", "--frontier",
+                                "--warmup", "0", "--out-dir", str(frontier_out),
+                                "--no-plot"]) == 0
         serve_load.main(["--url", server.url, "--soak", "3", "--concurrency", "2",
                          "--hostile", "0.4", "--soak-warmup", "1",
                          "--server-pid", str(server.proc.pid),
@@ -50,6 +61,13 @@ def test_load_and_soak_against_the_real_server(tmp_path):
     assert rows["gflops:0.03"]["configs"] == {"8x112/16": 2}
     assert rows["none"]["hit_rate"] is None and rows["none"]["configs"] == {"16x112/16": 2}
     assert load["tmp_files_left"] is None  # --url without --server-tmpdir: unknown
+
+    frontier = json.loads((frontier_out / "serve_load.json").read_text())["frontier"]
+    assert frontier["clips"] == 2 and len(frontier["fixed"]) == len(CONFIGS)
+    rows = {r["budget"]: r for r in frontier["budgets"]}
+    cheap = {f["config"] for f in frontier["fixed"] if f["gflops"] <= 0.03}
+    assert set(rows["gflops:0.03"]["fixed_that_fit"]) == cheap and len(cheap) == 3
+    assert rows["gflops:0.03"]["best_fixed"] in cheap
 
     soak = json.loads((out / "serve_soak.json").read_text())
     assert soak["mode"] == "soak" and soak["concurrency"] == 2
