@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -37,6 +38,19 @@ from .tables import QuickProfile
 from .upload import VIDEO_FIELD, read_upload
 
 log = logging.getLogger("stretchysnake.serving")
+
+
+@contextlib.contextmanager
+def _while(gauge):
+    """One more on a gauge (None: no metrics) while inside."""
+    if gauge is None:
+        yield
+        return
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 @dataclasses.dataclass
@@ -141,7 +155,7 @@ class ClassifyHandler:
             self.metrics.inflight.inc()
         upload = None
         try:
-            with self.admission.uploading():
+            with self.admission.uploading(), _while(self.metrics and self.metrics.uploading):
                 engine = self.loader.engine()
                 query = list(request.query_params.multi_items())
                 parse_options(query)  # a bad query string is refused before the body is read

@@ -16,6 +16,7 @@ gauge below has a meaning across workers.)
     stretchysnake_prediction_ratio{stage}                    histogram of observed / predicted
                                                              for decode, preprocess, model, total
     stretchysnake_inflight                                   /classify requests in this server
+    stretchysnake_uploading                                  of those, still reading their upload
     stretchysnake_queue_depth{stage}                         requests the scheduler holds: pending
                                                              (waiting for a decoder), decoding,
                                                              ready (waiting for the model), running
@@ -58,6 +59,8 @@ class Metrics:
                                   ["stage"], buckets=RATIO_BUCKETS)
         self.inflight = pc.Gauge(f"{NAMESPACE}_inflight", "Classify requests being read, queued "
                                  "or run", multiprocess_mode="livesum")
+        self.uploading = pc.Gauge(f"{NAMESPACE}_uploading", "Classify requests still reading "
+                                  "their upload", multiprocess_mode="livesum")
         self.queue = pc.Gauge(f"{NAMESPACE}_queue_depth", "Requests the scheduler holds, by stage "
                               "(pending, decoding, ready, running)", ["stage"],
                               multiprocess_mode="livesum")
