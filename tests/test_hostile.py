@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 
+from serving.decode_cost import write_test_video
 from serving.errors import from_video_error
 from serving.settings import Settings, SettingsError
 from serving.stages import Stages
@@ -306,6 +307,30 @@ def test_a_decoder_killed_from_outside_costs_a_retry_not_an_error(tmp_path, clip
         [pid] = pool.pids
         os.kill(pid, signal.SIGTERM)
         assert pool.probe(clip_path).width == 320 and pool.pids == [pid]
+
+
+def test_a_probe_waiting_for_a_decoder_goes_before_the_decodes_waiting(tmp_path, clip_path):
+    # the scheduler knows a request only once it is probed: a probe (milliseconds) must not
+    # wait behind queued decodes (a clip each)
+    slow = write_test_video(tmp_path / "slow.mp4", 480, 10.0, gop=300)  # ~0.16 s to decode
+    done = {}
+
+    def run(name, call):
+        call()
+        done[name] = time.monotonic()
+
+    with DecodePool(processes=1) as pool:
+        pool.probe(clip_path)
+        calls = [("busy", lambda: pool.decode_frames(slow, 8)),
+                 ("decode", lambda: pool.decode_frames(slow, 8)),
+                 ("probe", lambda: pool.probe(clip_path))]
+        threads = [threading.Thread(target=run, args=call) for call in calls]
+        for t in threads:   # in this order, each waiting before the next comes
+            t.start()
+            time.sleep(0.02)
+        for t in threads:
+            t.join()
+    assert done["busy"] < done["probe"] < done["decode"], done
 
 
 def test_a_file_that_brings_two_decoders_down_is_a_corrupt_video(tmp_path, clip_path):

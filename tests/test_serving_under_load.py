@@ -5,8 +5,9 @@ SIGTERM drains (every request taken before it is answered 200, later ones get 50
 Retry-After, then the server exits).
 
 The tiny model of tests/test_service.py; the clips are slow to decode on purpose (one keyframe
-in 8 s of 426x240 video: every sampled frame needs most of the clip decoded), so that a queue
-forms with a handful of clients."""
+in 8 s of 426x240 video, ~50 ms; in 20 s of 640x360, ~0.25 s: every sampled frame needs most of
+the clip decoded), so that a queue forms with a handful of clients and lasts long enough to be
+seen on /metrics (which answers in 0.3-0.5 s on a loaded machine)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -35,9 +36,11 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("load")
     _, ckpt, profile = tiny_checkpoint(root, LABELS, CONFIGS)
     slow = write_test_video(root / "slow.mp4", 240, 8.0, gop=250)
+    slower = write_test_video(root / "slower.mp4", 360, 20.0, gop=500)
     quick = root / "quick.mp4"
     encode_mp4(render_clip(CLASSES[0], np.random.default_rng(0), size=64, frames=16), str(quick))
     return {"root": root, "ckpt": ckpt, "profile": profile, "slow": slow.read_bytes(),
+            "slower": slower.read_bytes(),
             "quick": quick.read_bytes()}
 
 
@@ -84,16 +87,16 @@ def _gauge(url: str, name: str) -> float:
 
 
 def test_a_tight_budget_behind_loose_ones_is_answered_first_and_in_time(server, assets):
-    _warm(server.url, assets["slow"])
+    _warm(server.url, assets["slower"])
     done: dict[str, float] = {}
     answers = {}
 
     def send(name, budget):
-        r, _ = post(server.url, assets["slow"], budget)
+        r, _ = post(server.url, assets["slower"], budget)
         done[name] = time.perf_counter()
         answers[name] = r
 
-    loose = [threading.Thread(target=send, args=(f"loose{i}", 60000)) for i in range(8)]
+    loose = [threading.Thread(target=send, args=(f"loose{i}", 60000)) for i in range(10)]
     for t in loose:
         t.start()
     # the loose ones uploaded and queued: two decode, the rest wait
@@ -102,15 +105,15 @@ def test_a_tight_budget_behind_loose_ones_is_answered_first_and_in_time(server, 
         assert time.monotonic() < deadline, "the loose requests never queued up"
         time.sleep(0.005)
     t_tight = time.perf_counter()
-    tight = threading.Thread(target=send, args=("tight", 1500))
+    tight = threading.Thread(target=send, args=("tight", 2000))
     tight.start()
     for t in [*loose, tight]:
         t.join()
     assert all(r.status_code == 200 for r in answers.values()), answers
     body = answers["tight"].json()
-    assert body["budget"]["met"] and (done["tight"] - t_tight) * 1e3 <= 1500
+    assert body["budget"]["met"] and (done["tight"] - t_tight) * 1e3 <= 2000, body
     # least slack first: it overtook the loose ones still waiting (fifo would have made it wait
-    # for all eight): it waited less than the five or more that were queued when it came
+    # for all of them, ~1.2 s here): it waited less than the five or more that were queued when it came
     waits = sorted(answers[n].json()["timing_ms"]["queue"] for n in answers if n != "tight")
     assert body["timing_ms"]["queue"] < waits[-5], (body["timing_ms"], waits)
 

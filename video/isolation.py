@@ -331,6 +331,7 @@ class DecodePool:
         self._cond = threading.Condition()
         self._idle: list[_Child] = []
         self._count = 0          # children alive or starting
+        self._probes_waiting = 0  # probes go first: see _acquire
         self._closed = False
         self.restarts = 0        # children replaced after a timeout, a crash or a memory failure
         self.recycled = 0        # children replaced after max_calls calls
@@ -339,7 +340,7 @@ class DecodePool:
     def probe(self, source, limits: Limits | None = None) -> VideoInfo:
         limits = resolve(limits)
         return self._call("probe", {"source": _portable(source), "limits": limits},
-                          limits.max_decode_s, "opening the video")
+                          limits.max_decode_s, "opening the video", first=True)
 
     def decode_frames(self, source, num_frames: int, mode: str = "test", rng=None,
                       limits: Limits | None = None, short_side: int | None = None,
@@ -391,38 +392,55 @@ class DecodePool:
                 self._cond.notify_all()
             raise
 
-    def _acquire(self, started_after: float | None = None) -> _Child:
-        """An idle child (one started after `started_after`, when given), or a new one."""
+    def _acquire(self, started_after: float | None = None, first: bool = False) -> _Child:
+        """An idle child (one started after `started_after`, when given), or a new one.
+        Callers with `first` (probes: milliseconds) take the next free child ahead of the
+        others (decodes: a clip each): a request is known to the scheduler only once probed,
+        and one that waited a whole decode for its probe would be scheduled blind."""
         with self._cond:
-            while True:
-                if self._closed:
-                    raise RuntimeError("the decoding pool is closed")
-                for child in reversed(self._idle):
-                    if child.proc.poll() is not None:
-                        # died while idle (killed from outside): not this request's fault
-                        self._idle.remove(child)
-                        self._count -= 1
-                        threading.Thread(target=child.kill, daemon=True).start()
-                    elif started_after is None or child.started > started_after:
-                        self._idle.remove(child)
-                        return child
-                if self._idle and self._count >= self.processes:
-                    # only children older than the death are idle: replace one of them
-                    old = self._idle.pop(0)
-                    self._count -= 1
-                    threading.Thread(target=old.kill, daemon=True).start()
-                if self._count < self.processes:
-                    self._count += 1
-                    break
+            if first:
+                self._probes_waiting += 1
+            try:
+                child = self._take_idle(started_after, first)
+            finally:
+                if first:
+                    self._probes_waiting -= 1
+                    self._cond.notify_all()
+        return child if child is not None else self._spawn_counted()
+
+    def _take_idle(self, started_after: float | None, first: bool) -> _Child | None:
+        """With the lock held: an idle child, or None once a new one has been counted."""
+        while True:
+            if self._closed:
+                raise RuntimeError("the decoding pool is closed")
+            if not first and self._probes_waiting:
                 self._cond.wait()
-        return self._spawn_counted()
+                continue
+            for child in reversed(self._idle):
+                if child.proc.poll() is not None:
+                    # died while idle (killed from outside): not this request's fault
+                    self._idle.remove(child)
+                    self._count -= 1
+                    threading.Thread(target=child.kill, daemon=True).start()
+                elif started_after is None or child.started > started_after:
+                    self._idle.remove(child)
+                    return child
+            if self._idle and self._count >= self.processes:
+                # only children older than the death are idle: replace one of them
+                old = self._idle.pop(0)
+                self._count -= 1
+                threading.Thread(target=old.kill, daemon=True).start()
+            if self._count < self.processes:
+                self._count += 1
+                return None
+            self._cond.wait()
 
     def _release(self, child: _Child, healthy: bool) -> None:
         if healthy:
             with self._cond:
                 if not self._closed:
                     self._idle.append(child)
-                    self._cond.notify()
+                    self._cond.notify_all()  # a probe among the waiters goes first
                     return
                 self._count -= 1
             child.kill()
@@ -460,7 +478,8 @@ class DecodePool:
         else:
             threading.Thread(target=spawn, daemon=True, name="decode-spawn").start()
 
-    def _call(self, op: str, kwargs: dict, timeout_s: float | None, what: str):
+    def _call(self, op: str, kwargs: dict, timeout_s: float | None, what: str,
+              first: bool = False):
         """One call in a child. A child that dies during the call costs a retry on another;
         the file is blamed when a second one dies on it. A child that dies before it could
         take the call (killed while starting) says nothing about the file: another starts."""
@@ -470,7 +489,7 @@ class DecodePool:
         died_at = None
         while True:
             try:
-                return self._call_once(op, kwargs, deadline, timeout_s, what, died_at)
+                return self._call_once(op, kwargs, deadline, timeout_s, what, died_at, first)
             except _ChildDied as e:
                 deaths.append(e.reason)
                 if len(deaths) == 2:
@@ -488,8 +507,9 @@ class DecodePool:
                 log.warning("%s: starting another one", e)
 
     def _call_once(self, op: str, kwargs: dict, deadline: float | None,
-                   timeout_s: float | None, what: str, started_after: float | None = None):
-        child = self._acquire(started_after)
+                   timeout_s: float | None, what: str, started_after: float | None = None,
+                   first: bool = False):
+        child = self._acquire(started_after, first)
         healthy = False
         try:
             t0 = time.monotonic()
