@@ -6,3 +6,5 @@ times, corrected online), scheduler.py and runner.py (deadline order, the config
 across the queue, decode overlapping the model), response.py (the JSON); engine.py puts them
 together (tables.py: which profile table), handler.py turns HTTP into a request and back;
 options.py, errors.py, metrics.py, settings.py, timeout.py, testing.py."""
+
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)

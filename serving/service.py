@@ -9,6 +9,10 @@
     GET  /livez                     503 when loading failed for good
     GET  /metrics                   BentoML's metrics plus stretchysnake_* (serving.metrics)
 
+With STRETCHYSNAKE_API_KEY set, /classify and /profile (and /metrics if configured) need
+`Authorization: Bearer <key>`: 401 from the headers alone, before the body is read
+(serving.auth).
+
 SIGTERM (what Kubernetes sends on a rolling update) drains the worker: new requests get 503 with
 Retry-After, the requests already taken are answered (for up to STRETCHYSNAKE_DRAIN_S), then
 uvicorn's own shutdown runs and the decoding processes stop. SIGINT (Ctrl-C) goes straight to
@@ -43,10 +47,12 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import serving
 from serving.errors import NotReady
 from serving.handler import ClassifyHandler, Loader
 from serving.options import DEFAULT_TOP_K, NAMES
-from serving.settings import Settings
+from serving.auth import METRICS, PROTECTED, ApiKeyMiddleware
+from serving.settings import Settings, SettingsError
 from serving.timeout import install as install_timeout_fix
 
 install_timeout_fix()  # BentoML's request timeout kept every request in memory (serving.timeout)
@@ -130,15 +136,33 @@ def _error_response(description: str) -> dict:
             "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
 
+DESCRIPTION = """Video action recognition under a budget, on a flexible VideoMamba: one set of
+weights runs at any (frames, pixels, patch) configuration.
+
+`POST /classify` with a video file. Give a **latency budget** (`budget_ms`: the server's whole
+time for the request, upload to answer) and/or a **compute budget** (`budget_gflops`): the
+server answers with the most accurate profiled configuration predicted to fit, and says which
+one ran, how long each stage took and whether the budget was met. With `strict=true`, a budget
+that cannot be met is refused at once (422) with the smallest budget that would have been
+feasible. Requests are scheduled by deadline: a tight budget is served before loose ones.
+
+`GET /profile` shows the configurations, their accuracy and predicted latencies on this machine.
+"""
+
+
 class _Service(bentoml.Service):
     """BentoML's Service with the query parameters of /classify and GET /profile added to its
-    OpenAPI document (BentoML documents request bodies only)."""
+    OpenAPI document (BentoML documents request bodies only), and the service's own title,
+    version and description instead of BentoML's boilerplate."""
 
     @property
     def openapi_spec(self):
         # BentoML says 3.0.2 but writes pydantic's JSON Schema 2020-12 (numeric
         # exclusiveMinimum, type null): that is OpenAPI 3.1's dialect, so say 3.1.
-        spec = attrs.evolve(super().openapi_spec, openapi="3.1.0")
+        spec = super().openapi_spec
+        info = attrs.evolve(spec.info, title="StretchySnake", version=serving.__version__,
+                            description=DESCRIPTION, contact=None)
+        spec = attrs.evolve(spec, openapi="3.1.0", info=info)
         post = spec.paths["/classify"].post
         # BentoML drops None from top-level Optional output fields; accuracy is null when unknown
         body = post["responses"][200]["content"]["application/json"].schema
@@ -156,6 +180,12 @@ class _Service(bentoml.Service):
             *(_param(n, {"type": "integer", "minimum": 1}, fields[n].description)
               for n in ("frames", "pixels", "patch")),
         ]
+        key = _api_key_settings()
+        if key is not None:  # Swagger UI's "Authorize" button, and the 401 documented
+            spec.components.setdefault("securitySchemes", {})["apiKey"] = {
+                "type": "http", "scheme": "bearer", "description": "STRETCHYSNAKE_API_KEY"}
+            post["security"] = [{"apiKey": []}]
+            post["responses"][401] = _error_response("no API key, or not this server's")
         post["responses"].update({
             400: _error_response("malformed request, empty upload or damaged video"),
             408: _error_response("the upload stalled or trickled in too slowly"),
@@ -168,7 +198,8 @@ class _Service(bentoml.Service):
             503: _error_response("the model is still loading or warming up, or the server is "
                                  "shutting down")})
         from bentoml._internal.service.openapi.specification import PathItem
-        spec.paths["/profile"] = PathItem(get={
+        profile_security = {"security": [{"apiKey": []}]} if key is not None else {}
+        spec.paths["/profile"] = PathItem(get={**profile_security,
             "tags": post.get("tags", []), "operationId": f"{self.name}__profile",
             "description": "The active profile table (configurations, GFLOPs, latency "
                            "percentiles, decode model) and the online latency corrections.",
@@ -176,6 +207,16 @@ class _Service(bentoml.Service):
                                 "content": {"application/json": {"schema": {"type": "object"}}}},
                           503: _error_response("the model is still loading")}})
         return spec
+
+
+def _api_key_settings() -> Settings | None:
+    """The settings when an API key is set (None without one, or when the settings are invalid:
+    the deployment hook reports those)."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError:
+        return None
+    return settings if settings.api_key else None
 
 
 # ----------------------------------------------------------------------------- GET /profile
@@ -206,7 +247,6 @@ class StretchySnake:
         from model import CheckpointError, load_checkpoint
         from serving.engine import EngineError, load_labels
         from serving.selector import ProfileError, ProfileTable
-        from serving.settings import SettingsError
         from serving.tables import reconcile
 
         try:
@@ -236,6 +276,9 @@ class StretchySnake:
     async def start_loading(self) -> None:
         log.info("StretchySnake worker %d: loading %s in the background", os.getpid(),
                  self.settings.checkpoint)
+        if self.settings.api_key:
+            log.info("an API key is required on %s", ", ".join(
+                PROTECTED + ((METRICS,) if self.settings.metrics_need_key else ())))
         self.loader.start()
         self._drain_on_sigterm(asyncio.get_running_loop())
 
@@ -301,3 +344,10 @@ class StretchySnake:
         answer = await self.handler.handle(ctx.request)
         ctx.response.status_code = answer.status  # BentoML applies it to the response
         return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+_keyed = _api_key_settings()
+if _keyed is not None:  # checked before any body is read (serving.auth)
+    StretchySnake.add_asgi_middleware(
+        ApiKeyMiddleware, key=_keyed.api_key,
+        protected=PROTECTED + ((METRICS,) if _keyed.metrics_need_key else ()))

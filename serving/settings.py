@@ -44,6 +44,11 @@
                                     answered for up to this long, then the worker stops (30)
     STRETCHYSNAKE_CACHE             where a self-measured profile is kept between starts
                                     (default: ~/.cache/stretchysnake)
+    STRETCHYSNAKE_API_KEY           when set, /classify and /profile need the header
+                                    `Authorization: Bearer <key>` (401 otherwise; serving.auth);
+                                    never logged (default: none, everything open)
+    STRETCHYSNAKE_METRICS_NEED_KEY  true: /metrics needs the key too (false: Prometheus
+                                    scrapes it without one)
 
 A bad value raises `SettingsError` naming every problem. Standard library only.
 """
@@ -93,6 +98,8 @@ class Settings:
     deadline_margin_ms: float = 5.0
     drain_s: float = 30.0
     cache: Path = Path.home() / ".cache" / "stretchysnake"
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # never in a log line
+    metrics_need_key: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -128,6 +135,20 @@ class Settings:
                 values[key] = Path(get(name)).expanduser()
         if get("DEVICE"):
             values["device"] = get("DEVICE")
+        if get("API_KEY"):
+            key = get("API_KEY")
+            if key != key.strip() or any(c.isspace() for c in key):
+                problems.append(f"{PREFIX}API_KEY: must not contain spaces (the value is not "
+                                f"shown)")
+            else:
+                values["api_key"] = key
+        if get("METRICS_NEED_KEY"):
+            flag = get("METRICS_NEED_KEY").strip().lower()
+            if flag in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                values["metrics_need_key"] = flag in ("true", "1", "yes", "on")
+            else:
+                problems.append(f"{PREFIX}METRICS_NEED_KEY={get('METRICS_NEED_KEY')!r}: must "
+                                f"be true or false")
         for key, name, allowed in (("decode_isolation", "DECODE_ISOLATION", ISOLATION_MODES),
                                    ("scheduler", "SCHEDULER", SCHEDULERS)):
             if get(name):

@@ -6,6 +6,9 @@ Two body shapes are accepted:
 - `multipart/form-data` (curl -F, browsers, BentoML's client): the part named `video` is the
   file, whatever its declared content type (the server probes the bytes instead of trusting
   it); the other parts are option fields (`budget_ms`, ...): 2 KiB each, 16 parts at most.
+  An option may come as an `application/json` part with a filename: Swagger UI sends every
+  field of the form so (a Blob named "blob", as the OpenAPI document's encoding says), `null`
+  or nothing at all for a field left empty; both mean "not given".
 - anything else (`video/mp4`, `application/octet-stream`, curl's default url-encoded type for
   `--data-binary`, no content type): the whole body is the video; the declared type is not
   trusted either way (a JSON body fails the probe with 415, and the handler adds a hint).
@@ -43,6 +46,7 @@ FORM_OVERHEAD = 64 << 10       # boundaries, part headers and option fields on t
 FIELD_MAX_BYTES = 2 << 10      # one option field
 MAX_PARTS = 16
 FILE_MARKER = object()         # the value of a non-video part that came with a filename
+JSON_TYPE = "application/json"  # an option part with a filename but this type is a value
 
 
 @dataclasses.dataclass
@@ -130,7 +134,8 @@ class _Form:
         self._hvalue = bytearray()
         self.name: str | None = None
         self.is_video = False
-        self.has_filename = False
+        self.is_value = True      # an option's value (else a file under an option's name)
+        self.is_json = False
         self.value = bytearray()
 
     def callbacks(self) -> dict:
@@ -162,7 +167,9 @@ class _Form:
         if name is None:
             raise BadRequest("a form part has no name (Content-Disposition: form-data; name=...)")
         self.name = name.decode("utf-8", "replace")
-        self.has_filename = b"filename" in params
+        media_type, _ = parse_options_header(self.headers.get("content-type", ""))
+        self.is_json = media_type.decode("latin-1").lower() == JSON_TYPE
+        self.is_value = b"filename" not in params or self.is_json
         if self.name == VIDEO_FIELD:
             self.videos += 1
             if self.videos > 1:
@@ -174,7 +181,7 @@ class _Form:
     def part_data(self, data, start, end):
         if self.is_video:
             self.sink.write(data[start:end])
-        elif not self.has_filename:
+        elif self.is_value:
             self.value += data[start:end]
             if len(self.value) > FIELD_MAX_BYTES:
                 raise BadRequest(f"form field {self.name!r} is longer than {FIELD_MAX_BYTES:,} "
@@ -184,9 +191,11 @@ class _Form:
     def part_end(self):
         if self.is_video:
             return
-        if self.has_filename:
+        if not self.is_value:
             self.fields.append((self.name, FILE_MARKER))
             return
+        if self.is_json and not self.value.strip():
+            self.value = bytearray(b"null")   # a field left empty in Swagger UI: not given
         try:
             self.fields.append((self.name, self.value.decode("utf-8")))
         except UnicodeDecodeError:

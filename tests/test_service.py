@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import serving
 from model import count_flops
 from serving import engine as eng
 from serving import profile as prof
@@ -384,6 +385,78 @@ def test_openapi_documents_query_parameters_and_profile(server):
     assert {"413", "415", "422", "429"} <= set(map(str, post["responses"]))
     assert "multipart/form-data" in post["requestBody"]["content"]
     assert "get" in spec["paths"]["/profile"]
+
+
+def _swagger_ui_form(video: bytes, values: dict) -> tuple[dict, bytes]:
+    """The body Swagger UI 5 sends from "Try it out" (its request builder, swagger-client
+    3.37.3, run on this service's /docs.json): every form field is sent, each option as a JSON
+    Blob named "blob" (the document's encoding says application/json), JSON null for a field
+    never touched, nothing at all for one typed in and cleared."""
+    boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
+            f"filename=\"clip.mp4\"\r\nContent-Type: video/mp4\r\n\r\n").encode() + video + b"\r\n"
+    for name, value in values.items():
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                 f"filename=\"blob\"\r\nContent-Type: application/json\r\n\r\n{value}\r\n").encode()
+    body += f"--{boundary}--\r\n".encode()
+    return {"content-type": f"multipart/form-data; boundary={boundary}"}, body
+
+
+def test_swagger_ui_try_it_out_classifies_an_upload(server, assets):
+    untouched = {"budget_ms": "null", "budget_gflops": "null", "top_k": "5", "strict": "false",
+                 "frames": "null", "pixels": "null", "patch": "null"}
+    headers, body = _swagger_ui_form(assets["clip_bytes"], untouched)
+    r = server["client"].post("/classify", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["labels"]) == len(LABELS) and r.json()["budget"]["ms"] is None
+    # a budget typed in, other fields typed in and cleared
+    edited = untouched | {"budget_ms": "50", "top_k": "2", "frames": "", "patch": ""}
+    headers, body = _swagger_ui_form(assets["clip_bytes"], edited)
+    r = server["client"].post("/classify", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["budget"]["ms"] == 50 and len(r.json()["labels"]) == 2
+    # a bad value typed in is still a 422 that names it
+    headers, body = _swagger_ui_form(assets["clip_bytes"], untouched | {"top_k": "0"})
+    r = server["client"].post("/classify", content=body, headers=headers)
+    assert r.status_code == 422 and "top_k" in r.text
+
+
+def test_openapi_document_describes_this_service(server):
+    info = server["client"].get("/docs.json").json()["info"]
+    assert info["title"] == "StretchySnake" and info["version"] == serving.__version__
+    assert "budget_ms" in info["description"] and "BentoML Team" not in str(info)
+
+
+def test_an_api_key_guards_classify_and_profile_before_the_body_is_read(assets):
+    key = "k3y-" + "x" * 28
+    root = assets["root"] / "keyed"
+    root.mkdir()
+    env = server_env(root, assets["ckpt"], assets["profile"], API_KEY=key)
+    with serve(env, root / "server.log", timeout_s=START_TIMEOUT_S) as running:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            files = {"video": ("clip.mp4", assets["clip_bytes"], "video/mp4")}
+            assert client.post("/classify", files=files).status_code == 401
+            wrong = client.post("/classify", files=files, headers={"authorization": "Bearer no"})
+            assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
+            assert "not this server's" in wrong.json()["error"]
+            good = {"authorization": f"Bearer {key}"}
+            assert client.post("/classify", files=files, headers=good).status_code == 200
+            assert client.get("/profile").status_code == 401
+            assert client.get("/profile", headers=good).status_code == 200
+            for open_path in ("/livez", "/readyz", "/metrics", "/docs.json"):
+                assert client.get(open_path).status_code == 200, open_path
+            spec = client.get("/docs.json").json()
+            assert spec["paths"]["/classify"]["post"]["security"] == [{"apiKey": []}]
+        # a 10 MB upload announced without the key: refused from its headers alone (nothing
+        # of the body was sent, and nothing was stored)
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                      b"Content-Length: 10000000\r\n\r\n" + assets["clip_bytes"][:1000])
+            assert s.recv(4096).startswith(b"HTTP/1.1 401")
+        stored = list((root / "uploads").glob("*")) if (root / "uploads").exists() else []
+        assert stored == []
+    assert key not in running.log.read_text(errors="replace")
 
 
 def test_bentoml_http_client(server, assets):
