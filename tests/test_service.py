@@ -613,6 +613,14 @@ def test_settings_from_env():
     assert "MAX_UPLOAD_BYTES" in str(e.value) and "MAX_INFLIGHT" in str(e.value)
     with pytest.raises(SettingsError, match="not trained yet"):
         Settings(checkpoint=Path("/nonexistent/stretchysnake_nano")).check_checkpoint()
+    keyed = Settings.from_env({"STRETCHYSNAKE_API_KEY": "s3cret",
+                               "STRETCHYSNAKE_METRICS_NEED_KEY": "true"})
+    assert keyed.api_key == "s3cret" and keyed.metrics_need_key and "s3cret" not in repr(keyed)
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"STRETCHYSNAKE_API_KEY": "two words",
+                           "STRETCHYSNAKE_METRICS_NEED_KEY": "maybe"})
+    assert "API_KEY" in str(e.value) and "two words" not in str(e.value)
+    assert "METRICS_NEED_KEY" in str(e.value)
 
 
 @pytest.fixture(scope="module")
