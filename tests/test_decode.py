@@ -250,6 +250,54 @@ def test_sparse_decoding_matches_full_decoding(tmp_path, ext, options):
         assert got == expected, (list(times), got, expected)
 
 
+@pytest.mark.parametrize("ext,options", [
+    ("mp4", {"g": "12"}), ("mkv", {"g": "12"}),
+    ("mov", {"g": "15", "bf": "3"}),  # B-frames: the keyframe is held back by the decoder
+    ("mp4", {"g": "50", "bf": "2"}),  # keyframes rarer than segments: exact frames there
+])
+def test_keyframe_mode_takes_the_nearest_keyframe_in_each_segment(tmp_path, ext, options):
+    path = write_video(tmp_path / f"k.{ext}", n=120, image=_two_digit_image, options=options)
+    with av.open(str(path)) as container:  # ground truth: every frame, decoded in order
+        stream = container.streams.video[0]
+        start, time_base = stream.start_time or 0, float(stream.time_base)
+        truth = {round((f.pts - start) * time_base, 6): (_two_digit_index(
+            f.to_ndarray(format="rgb24")), f.key_frame) for f in container.decode(stream)}
+    keys = sorted(t for t, (_, key) in truth.items() if key)
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+    for num_frames, mode in ((8, "test"), (5, "train"), (3, "test")):
+        stats = DecodeStats()
+        frames = decode_frames(path, num_frames, mode=mode, rng=rng, stats=stats,
+                               decode_mode="keyframe")
+        segment = 120 / 25 / num_frames
+        for i, (target, got) in enumerate(zip(stats.target_times, stats.frame_times)):
+            inside = [k for k in keys if i * segment - 1e-6 <= k < (i + 1) * segment - 1e-6]
+            if inside:   # the keyframe nearest the sampled time
+                assert got == pytest.approx(min(inside, key=lambda k: abs(k - target))), seed
+            else:        # the exact frame on screen at the sampled time
+                assert got <= target + 1e-6 and got > target - 1 / 25 - 1e-6, seed
+        # the frames are the ones on screen at those times, as exact decoding gives them
+        assert [_two_digit_index(f) for f in frames] == \
+            [truth[round(t, 6)][0] for t in stats.frame_times], seed
+        exact = decode_frames(path, num_frames, times=stats.frame_times)
+        assert np.array_equal(frames, exact), seed
+        assert stats.decode_mode == "keyframe" and stats.keyframes_used >= 1
+        # one picture per keyframe target, not a run from the keyframe before
+        assert stats.frames_decoded < num_frames + 50 * (num_frames - stats.keyframes_used) + 1
+
+
+def test_keyframe_mode_falls_back_where_it_cannot_seek_exactly(tmp_path):
+    path = write_video(tmp_path / "k.ts", n=60, image=_two_digit_image, options={"g": "10"})
+    stats = DecodeStats()
+    frames = decode_frames(path, 4, stats=stats, decode_mode="keyframe")
+    assert stats.decode_mode == "exact" and stats.keyframes_used == 0
+    assert np.array_equal(frames, decode_frames(path, 4))
+    with pytest.raises(ValueError, match="decode_mode"):
+        decode_frames(path, 4, decode_mode="fast")
+    with pytest.raises(ValueError, match="num_frames, not times"):
+        decode_frames(path, 2, times=[0.1, 0.5], decode_mode="keyframe")
+
+
 # ------------------------------------------------------------------- codecs and containers
 
 @pytest.mark.parametrize("codec,pix_fmt,ext,decoder", [

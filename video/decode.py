@@ -11,6 +11,13 @@ The frame chosen for a time t is the one on screen at t: the last frame whose ti
 (the first frame if t is before it, the last if t is past the end). Frames are picked by
 timestamp, not by counting, so variable frame rates work; a video with fewer frames than asked
 for gives repeated frames, in order.
+
+Decode modes: "exact" decodes the frame at each sampled time (above). "keyframe" takes, in each
+sampling segment, the keyframe nearest the sampled time when one lies inside the segment, and
+the exact frame otherwise: a keyframe decodes on its own (one picture, no run from the previous
+keyframe), so with keyframes every second or so a clip costs about one picture per frame asked
+for. The keyframes are found by demuxing the stream once (packets only, no decoding). The frames
+are those `exact` decodes at the chosen times (tests/test_decode.py compares them).
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ _DEFAULT_GOP_S = 2.0
 # Packets demuxed ahead of the decoder, to know which pictures are shown before a target (more
 # than any codec's reordering depth).
 _REORDER_WINDOW = 16
+DECODE_MODES = ("exact", "keyframe")
 # Timestamps closer than this (seconds) count as equal.
 _EPS = 1e-6
 # A seek that lands after its target is retried this many times, further back each time.
@@ -62,13 +70,15 @@ class DecodeStats:
     frames_converted: int = 0  # frames converted to RGB (distinct frames returned)
     target_times: list = dataclasses.field(default_factory=list)  # asked-for times, seconds
     frame_times: list = dataclasses.field(default_factory=list)   # times of the frames returned
+    decode_mode: str = "exact"  # what ran ("keyframe" falls back to "exact" without keyframes)
+    keyframes_used: int = 0     # targets served by a keyframe alone (keyframe mode)
     elapsed_s: float = 0.0
 
 
 def decode_frames(source: VideoSource, num_frames: int, mode: str = "test", rng: Rng = None,
                   limits: Limits | None = None, short_side: int | None = None,
                   info: VideoInfo | None = None, *, times=None,
-                  stats: DecodeStats | None = None) -> np.ndarray:
+                  stats: DecodeStats | None = None, decode_mode: str = "exact") -> np.ndarray:
     """Decode `num_frames` frames sampled over the whole video -> (T, H, W, 3) uint8 RGB.
 
     Frames are in display orientation (the container's rotation applied). `mode`/`rng`: see
@@ -77,14 +87,15 @@ def decode_frames(source: VideoSource, num_frames: int, mode: str = "test", rng:
     kept, the longer side rounded to the nearest integer; swscale "area" averaging when
     shrinking, so without aliasing, bilinear when enlarging). `info`: a `probe` result for this
     source, to skip re-reading the metadata. `limits=None` means `Limits()`. `stats`: a
-    `DecodeStats` to fill.
+    `DecodeStats` to fill. `decode_mode`: "exact" or "keyframe" (the module's docstring; not
+    with `times`, which have no segments).
 
     Raises the `VideoError` subclasses (see `video.errors`), never a raw PyAV exception for bad
     input."""
     limits = resolve(limits)
     stats = stats if stats is not None else DecodeStats()
     deadline = limits.deadline()
-    _check_arguments(num_frames, mode, short_side, times)
+    _check_arguments(num_frames, mode, short_side, times, decode_mode)
     src = as_source(source, limits)
     container = src.open()
     try:
@@ -102,9 +113,13 @@ def decode_frames(source: VideoSource, num_frames: int, mode: str = "test", rng:
             times = np.asarray(times, dtype=np.float64)
             stats.target_times = times.tolist()
             reader = _Reader(container, src, info, limits, deadline, stats)
+            keyframes = {}
+            if decode_mode == "keyframe":
+                times, keyframes = _keyframe_targets(reader, times, info.duration_s)
+                stats.decode_mode = "keyframe" if keyframes else "exact"
             converter = _Converter(info, short_side, stats)
             try:
-                picked = _frames_at(reader, times, info, converter)
+                picked = _frames_at(reader, times, info, converter, keyframes)
             finally:
                 container = reader.container  # it may have reopened the source
     finally:
@@ -114,8 +129,13 @@ def decode_frames(source: VideoSource, num_frames: int, mode: str = "test", rng:
     return np.stack([array for _, array in picked])
 
 
-def _check_arguments(num_frames, mode, short_side, times) -> None:
+def _check_arguments(num_frames, mode, short_side, times, decode_mode="exact") -> None:
     """Caller mistakes are ValueErrors, raised before any input is read."""
+    if decode_mode not in DECODE_MODES:
+        raise ValueError(f"decode_mode must be one of {DECODE_MODES}, not {decode_mode!r}")
+    if decode_mode != "exact" and times is not None:
+        raise ValueError("decode_mode='keyframe' chooses within the sampling segments: give "
+                         "num_frames, not times")
     if times is None and num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, not {num_frames}")
     if times is not None and len(times) < 1:
@@ -166,6 +186,7 @@ class _Reader:
         self._lookahead: _Frame | None = None
         self._last_time: float | None = None
         self._keyframe_times: list[float] = []
+        self.moved = False  # positioned by keyframe(): the next run must seek, not continue
 
     def _attach(self, container) -> None:
         self.container = container
@@ -216,6 +237,52 @@ class _Reader:
         self._attach(self.source.open())
         self._lookahead, self._last_time = None, None
         self.start()
+
+    def keyframe_pts(self) -> list[int]:
+        """Timestamps of the stream's keyframes, from its packets (demuxed, not decoded; the
+        container's index is not used for this because MP4's holds decoding timestamps, which
+        run ahead of the presentation times when pictures are reordered). The source is opened
+        afresh afterwards, so that decoding starts from the beginning."""
+        found = []
+        try:
+            for packet in self.container.demux(self.stream):
+                self.deadline.check()
+                if packet.is_keyframe and packet.pts is not None:
+                    found.append(packet.pts)
+        except PYAV_ERRORS as err:
+            raise self._damaged(err) from None
+        self.container.close()
+        self._attach(self.source.open())
+        return found
+
+    def keyframe(self, pts: int) -> _Frame:
+        """The keyframe shown at `pts`, decoded on its own: seek to it, decode its packet alone
+        and flush it out of the decoder (one that reorders pictures holds it back)."""
+        self.container.seek(pts, backward=True, any_frame=False, stream=self.stream)
+        self.stats.seeks += 1
+        self.ctx.flush_buffers()
+        self.ctx.skip_frame = "DEFAULT"
+        self._frames, self._lookahead, self._last_time = None, None, None
+        self.started, self.moved = False, True
+        try:
+            for packet in self.container.demux(self.stream):
+                self.deadline.check()
+                self.stats.packets_read += 1
+                if packet.pts == pts:
+                    frames = packet.decode() or self.ctx.decode(None)
+                    break
+            else:
+                raise CorruptVideo(f"the keyframe at {self._time(pts):.2f} s could not be read "
+                                   f"back")
+        except PYAV_ERRORS as err:
+            raise self._damaged(err) from None
+        finally:
+            self.ctx.flush_buffers()
+        if not frames:
+            raise CorruptVideo(f"the keyframe at {self._time(pts):.2f} s decodes to no picture")
+        self.stats.frames_decoded += len(frames)
+        self.stats.keyframes_used += 1
+        return self._stamp(frames[0])
 
     def should_seek(self, position: float, t: float) -> bool:
         """Is jumping to the keyframe before t cheaper than decoding on from `position`?"""
@@ -314,10 +381,33 @@ class _Reader:
         return self.start_pts + int(math.floor(max(t, 0.0) / self.time_base))
 
 
+def _keyframe_targets(reader: _Reader, times: np.ndarray,
+                      duration: float | None) -> tuple[np.ndarray, dict[int, int]]:
+    """In each of the len(times) sampling segments of [0, duration), the keyframe nearest the
+    segment's sampled time, where one lies inside it: (times with those keyframes' times,
+    {target index: keyframe pts}). Containers without an index (raw streams, MPEG-TS) cannot
+    seek exactly: they keep the exact times (an empty dict)."""
+    if not reader.has_index or not duration:
+        return times, {}
+    pts = np.array(sorted(set(reader.keyframe_pts())), dtype=np.int64)
+    keys = np.array([reader._time(int(p)) for p in pts])
+    segment = duration / len(times)
+    chosen, keyframes = times.copy(), {}
+    for i, t in enumerate(times):
+        inside = np.flatnonzero((keys >= i * segment - _EPS) & (keys < (i + 1) * segment - _EPS))
+        if len(inside):
+            j = inside[np.argmin(np.abs(keys[inside] - t))]
+            chosen[i], keyframes[i] = keys[j], int(pts[j])
+    return chosen, keyframes
+
+
 def _frames_at(reader: _Reader, times: np.ndarray, info: VideoInfo,
-               converter: "_Converter") -> list[tuple[float, np.ndarray]]:
+               converter: "_Converter",
+               keyframes: dict[int, int] | None = None) -> list[tuple[float, np.ndarray]]:
     """(time, RGB array) of the frame on screen at each time (`times` in any order). Frames are
-    converted as soon as they are picked, so at most one decoded picture is held at a time."""
+    converted as soon as they are picked, so at most one decoded picture is held at a time.
+    `keyframes`: {index: pts} of the targets that are keyframes, decoded on their own."""
+    keyframes = keyframes or {}
     order = np.argsort(times, kind="stable")
     picked: list = [None] * len(times)
     last: tuple[_Frame, np.ndarray] | None = None  # consecutive targets often share a frame
@@ -326,8 +416,15 @@ def _frames_at(reader: _Reader, times: np.ndarray, info: VideoInfo,
     ended = False
     for i in order:
         t = float(times[i])
+        if i in keyframes:
+            choice = reader.keyframe(keyframes[i])
+            prev = ahead = None
+            ended = False
+            last = (choice, converter.convert(choice.frame))
+            picked[i] = (choice.time, last[1])
+            continue
         if not reader.started:
-            if t > _CONTINUE_FRAMES * reader.interval:
+            if t > _CONTINUE_FRAMES * reader.interval or reader.moved:
                 reader.seek_to(t)  # starts from the beginning if the container cannot seek
             else:
                 reader.start()

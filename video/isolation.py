@@ -345,12 +345,13 @@ class DecodePool:
     def decode_frames(self, source, num_frames: int, mode: str = "test", rng=None,
                       limits: Limits | None = None, short_side: int | None = None,
                       info: VideoInfo | None = None, *, times=None,
-                      stats: DecodeStats | None = None):
+                      stats: DecodeStats | None = None, decode_mode: str = "exact"):
         """As `video.decode_frames`. `rng` is used in the child: a generator passed in does not
         advance here."""
         limits = resolve(limits)
         kwargs = dict(source=_portable(source), num_frames=num_frames, mode=mode, rng=rng,
-                      limits=limits, short_side=short_side, info=info, times=times)
+                      limits=limits, short_side=short_side, info=info, times=times,
+                      decode_mode=decode_mode)
         frames, child_stats = self._call("decode", kwargs, limits.max_decode_s, "decoding")
         if stats is not None:
             for field in dataclasses.fields(DecodeStats):
