@@ -298,6 +298,23 @@ def test_keyframe_mode_falls_back_where_it_cannot_seek_exactly(tmp_path):
         decode_frames(path, 2, times=[0.1, 0.5], decode_mode="keyframe")
 
 
+def test_camera_clips_have_the_asked_keyframe_spacing_and_b_frames(tmp_path):
+    from video.camera import write_camera_clip
+
+    path = write_camera_clip(tmp_path / "c.mp4", 160, 90, seconds=2.0, fps=24, gop_s=0.5)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start, tb = stream.start_time or 0, float(stream.time_base)
+        keys = [(p.pts - start) * tb for p in container.demux(stream) if p.is_keyframe]
+        assert stream.codec_context.has_b_frames
+    assert keys == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    info = probe(path)
+    assert (info.width, info.height, info.num_frames) == (160, 90, 48)
+    stats = DecodeStats()
+    decode_frames(path, 4, stats=stats, decode_mode="keyframe")
+    assert stats.frame_times == pytest.approx(keys) and stats.frames_decoded == 4
+
+
 # ------------------------------------------------------------------- codecs and containers
 
 @pytest.mark.parametrize("codec,pix_fmt,ext,decoder", [

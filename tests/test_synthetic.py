@@ -115,6 +115,18 @@ def test_decoded_close_to_rendered(tmp_path):
     assert np.abs(frames.astype(int) - clip).mean() < 8  # lossy, but the same pictures
 
 
+def test_gop_sets_the_keyframe_spacing(tmp_path):
+    clip = S.render_clip("orbit_cw", S.clip_rng(0, 0), 64, 32)
+    for gop, keyframes in ((None, [0]), (8, [0, 8, 16, 24])):
+        path = str(tmp_path / f"g{gop}.mp4")
+        S.encode_mp4(clip, path, gop=gop)
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            found = [round(float((p.pts - (stream.start_time or 0)) * stream.time_base) * 16)
+                     for p in container.demux(stream) if p.is_keyframe]
+        assert found == keyframes
+
+
 @pytest.mark.parametrize("name", S.CLASSES)
 def test_render_clip_pure(name):
     clip = S.render_clip(name, np.random.default_rng(5), 48, 6)
@@ -169,6 +181,7 @@ def test_preview_png(tmp_path):
     (["--clips", "12", "--seed", "-1"], "--seed must be >= 0"),
     (["--clips", "12", "--classes", "move_e,jump"], "unknown class name(s) in --classes: jump"),
     (["--clips", "12", "--clutter", "-1"], "--clutter must be in 0..3"),
+    (["--clips", "12", "--gop", "0"], "--gop must be >= 1"),
 ])
 def test_bad_arguments(tmp_path, capsys, args, message):
     argv = ["--out", str(tmp_path / "o"), "--seed", "0", "--classes", ",".join(SUBSET), *args]

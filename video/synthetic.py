@@ -386,10 +386,12 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)])
 
 
-def encode_mp4(frames: np.ndarray, path: str, fps: int = 16, crf: int = 20, preset: str = "veryfast") -> None:
+def encode_mp4(frames: np.ndarray, path: str, fps: int = 16, crf: int = 20, preset: str = "veryfast",
+               gop: int | None = None) -> None:
     """Write uint8 (T, H, W, 3) RGB frames as H.264 (libx264, yuv420p) in an .mp4 at ``path``.
     The colour conversion is ours (numpy), x264 runs single-threaded and without mbtree, so the
-    same frames always give the same bytes."""
+    same frames always give the same bytes. `gop`: frames from one keyframe to the next, exactly
+    (None: x264's default, 250, so one keyframe in a clip this short)."""
     import av
 
     frames = np.asarray(frames)
@@ -401,8 +403,10 @@ def encode_mp4(frames: np.ndarray, path: str, fps: int = 16, crf: int = 20, pres
     with av.open(path, mode="w", format="mp4") as container:
         # mbtree off: with it, short clips (fewer frames than the lookahead) were found to encode
         # differently from run to run.
-        stream = container.add_stream("libx264", rate=fps, options={
-            "crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"})
+        options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
+        if gop is not None:
+            options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+        stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.time_base = Fraction(1, fps)
         for i in range(t):
@@ -439,22 +443,24 @@ def make_plan(num_clips: int, seed: int, classes=CLASSES) -> list[tuple[str, str
 
 
 def _make_one(job):
-    out_dir, index, rel, label, seed, size, frames, fps, crf, clutter = job
+    out_dir, index, rel, label, seed, size, frames, fps, crf, clutter, gop = job
     clip = render_clip(label, clip_rng(seed, index), size, frames, clutter)
     path = os.path.join(out_dir, rel)
     tmp = f"{path}.tmp{os.getpid()}.mp4"
-    encode_mp4(clip, tmp, fps=fps, crf=crf)
+    encode_mp4(clip, tmp, fps=fps, crf=crf, gop=gop)
     os.replace(tmp, path)
     return index
 
 
 def generate(out_dir: str, num_clips: int, seed: int, size: int = 128, frames: int = 64,
              workers: int = 2, classes=CLASSES, fps: int = 16, crf: int = 20, clutter: float = 1.0,
-             progress=True) -> list:
-    """Render and encode the dataset into ``out_dir``; returns the plan (see make_plan)."""
+             progress=True, gop: int | None = None) -> list:
+    """Render and encode the dataset into ``out_dir``; returns the plan (see make_plan).
+    `gop`: frames between keyframes (None: one keyframe per clip, as x264's default gives)."""
     plan = make_plan(num_clips, seed, classes)
     os.makedirs(os.path.join(out_dir, "clips"), exist_ok=True)
-    jobs = [(out_dir, i, rel, label, seed, size, frames, fps, crf, clutter) for i, (rel, label, _) in enumerate(plan)]
+    jobs = [(out_dir, i, rel, label, seed, size, frames, fps, crf, clutter, gop)
+            for i, (rel, label, _) in enumerate(plan)]
     start = time.time()
     every = max(1, num_clips // 20)
 
@@ -561,6 +567,9 @@ def _parse(argv):
                    help="comma-separated subset of class names (default: all); --list-classes shows them")
     p.add_argument("--fps", type=int, default=16, help="frame rate written in the mp4 (default 16)")
     p.add_argument("--crf", type=int, default=20, help="x264 constant rate factor, 0-51 (default 20)")
+    p.add_argument("--gop", type=int, default=None,
+                   help="frames from one keyframe to the next (default: x264's 250, so one "
+                        "keyframe per clip); e.g. 8 at 16 fps for a keyframe every 0.5 s")
     p.add_argument("--clutter", type=float, default=1.0,
                    help="scales background contrast, pan, distractor opacity and noise (0 = clean "
                         "background, no distractors; default 1.0); the layout of each clip stays the same")
@@ -586,6 +595,8 @@ def _parse(argv):
         p.error(f"--fps must be >= 1, got {args.fps}")
     if not 0 <= args.crf <= 51:
         p.error(f"--crf must be in 0..51, got {args.crf}")
+    if args.gop is not None and args.gop < 1:
+        p.error(f"--gop must be >= 1, got {args.gop}")
     if not 0 <= args.clutter <= 3:
         p.error(f"--clutter must be in 0..3, got {args.clutter}")
     if args.classes is None:
@@ -618,7 +629,7 @@ def main(argv=None) -> int:
           f"{args.size} px, seed {args.seed}, {args.workers} worker(s) -> {args.out}", flush=True)
     start = time.time()
     generate(args.out, args.clips, args.seed, args.size, args.frames, args.workers, args.classes,
-             args.fps, args.crf, args.clutter)
+             args.fps, args.crf, args.clutter, gop=args.gop)
     total = sum(os.path.getsize(os.path.join(args.out, "clips", f)) for f in os.listdir(os.path.join(args.out, "clips"))
                 if f.endswith(".mp4"))
     print(f"done in {time.time() - start:.1f}s; wrote manifest.csv, classes.json; "

@@ -1,0 +1,112 @@
+"""Decode modes on phone-like videos: exact segment sampling against keyframe sampling.
+
+    python benchmarks/decode_modes.py                       # 1080p30, 1 s GOP, 10/20/30 s
+    python benchmarks/decode_modes.py --seconds 10 --repeats 3 --frames 8,16
+
+Writes camera-like clips (`video.camera`: H.264 with B-frames, a keyframe every --gop-s
+seconds) once under --cache, then decodes --frames frames of each at --short-side, both modes
+interleaved, --repeats times, one process, one file at a time (as a decoding process of the
+server does). Prints the median milliseconds per mode, the speed-up, and the pictures decoded;
+writes benchmarks/results/decode_modes.json. The machine is shared and noisy: compare the two
+modes of one run, not runs of different days.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from video import DecodeStats, decode_frames, probe  # noqa: E402
+from video.camera import write_camera_clip  # noqa: E402
+
+MODES = ("exact", "keyframe")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=_floats, default=[10.0, 20.0, 30.0])
+    ap.add_argument("--size", default="1920x1080")
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--gop-s", type=float, default=1.0)
+    ap.add_argument("--frames", type=_ints, default=[8])
+    ap.add_argument("--short-side", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/stretchysnake-camera-clips"))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" /
+                    "decode_modes.json")
+    args = ap.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for seconds in args.seconds:
+        path = args.cache / f"camera-{width}x{height}-{args.fps:g}fps-gop{args.gop_s:g}s-" \
+                            f"{seconds:g}s.mp4"
+        if not path.exists():
+            t0 = time.perf_counter()
+            print(f"writing {path.name} ...", end=" ", flush=True)
+            write_camera_clip(path.with_suffix(".part.mp4"), width, height, seconds, args.fps,
+                              args.gop_s).rename(path)
+            print(f"{time.perf_counter() - t0:.0f} s", flush=True)
+        info = probe(path)
+        for frames in args.frames:
+            times = {m: [] for m in MODES}
+            decoded = {}
+            for r in range(args.repeats):
+                for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                    stats = DecodeStats()
+                    t0 = time.perf_counter()
+                    decode_frames(path, frames, short_side=args.short_side, info=info,
+                                  stats=stats, decode_mode=mode)
+                    times[mode].append((time.perf_counter() - t0) * 1e3)
+                    decoded[mode] = (stats.frames_decoded, stats.keyframes_used)
+            med = {m: statistics.median(v) for m, v in times.items()}
+            row = {"file": path.name, "seconds": seconds, "width": width, "height": height,
+                   "fps": args.fps, "gop_s": args.gop_s, "frames": frames,
+                   "bytes": path.stat().st_size,
+                   "mbit_s": path.stat().st_size * 8 / seconds / 1e6,
+                   "median_ms": med, "runs_ms": times,
+                   "pictures_decoded": {m: decoded[m][0] for m in MODES},
+                   "keyframes_used": decoded["keyframe"][1],
+                   "speedup": med["exact"] / med["keyframe"]}
+            rows.append(row)
+            print(f"{seconds:>5g} s  {row['mbit_s']:.1f} Mbit/s  {frames:>3} frames  exact {med['exact']:7.1f} ms "
+                  f"({decoded['exact'][0]} pictures)  keyframe {med['keyframe']:7.1f} ms "
+                  f"({decoded['keyframe'][0]} pictures)  {row['speedup']:.1f}x", flush=True)
+
+    print(f"\ndecode modes, {width}x{height} {args.fps:g} fps H.264 (B-frames), keyframe every "
+          f"{args.gop_s:g} s, to {args.short_side} px; median of {args.repeats}")
+    print(f"{'clip':>6}  {'frames':>6}  {'exact ms':>9}  {'keyframe ms':>11}  {'speed-up':>8}")
+    for row in rows:
+        print(f"{row['seconds']:>5g}s  {row['frames']:>6}  {row['median_ms']['exact']:>9.1f}  "
+              f"{row['median_ms']['keyframe']:>11.1f}  {row['speedup']:>7.1f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "python": platform.python_version(),
+                    "date": datetime.now().isoformat(timespec="seconds"),
+                    "command": "python benchmarks/decode_modes.py " + " ".join(
+                        sys.argv[1:] if argv is None else argv)},
+        "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
