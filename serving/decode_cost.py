@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from video import DecodeStats, VideoInfo, decode_frames, probe
+from video.camera import encode_rgb
 from video.transforms import short_side_size
 
 
@@ -214,16 +215,14 @@ def write_test_video(path: Path, short_side: int, seconds: float, codec: str = "
             stream.bit_rate = int(w * h * fps * 0.15)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.time_base = Fraction(1, fps)
-        for i in range(n):
-            dy, dx = (i * h // (2 * n)), (i * w // (2 * n))  # pan by half the frame over the clip
-            rgb = texture[dy:dy + h, dx:dx + w].astype(np.int16) + noise[i % len(noise)]
-            frame = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8),
-                                               format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+
+        def pictures():
+            for i in range(n):
+                dy, dx = (i * h // (2 * n)), (i * w // (2 * n))  # pan by half the frame
+                rgb = texture[dy:dy + h, dx:dx + w].astype(np.int16) + noise[i % len(noise)]
+                yield np.clip(rgb, 0, 255).astype(np.uint8)
+
+        encode_rgb(container, stream, pictures())
     return path
 
 

@@ -55,20 +55,11 @@ def write_camera_clip(path, width: int, height: int, seconds: float, fps: float 
     keyint = max(1, round(gop_s * fps))
     rate = Fraction(fps).limit_denominator(1001)
     bit_rate = bit_rate or int(PHONE_BITS_PER_PIXEL * width * height * float(fps))
-    with av.open(str(path), mode="w") as container:
-        if codec in ("libx264", "libx265"):
-            params = {"preset": preset, "g": str(keyint), "keyint_min": str(keyint),
-                      "sc_threshold": "0"}
-            stream = container.add_stream(codec, rate=rate, options=params)
-        else:
-            stream = container.add_stream(codec, rate=rate)
-            stream.codec_context.gop_size = keyint
-        stream.bit_rate = bit_rate
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = 1 / rate
-        radius = max(8, height // 10)
-        yy, xx = np.mgrid[0:2 * radius, 0:2 * radius]
-        disc = ((yy - radius) ** 2 + (xx - radius) ** 2) < radius ** 2
+    radius = max(8, height // 10)
+    yy, xx = np.mgrid[0:2 * radius, 0:2 * radius]
+    disc = ((yy - radius) ** 2 + (xx - radius) ** 2) < radius ** 2
+
+    def pictures():
         for i in range(n):
             t = i / float(fps)
             dy = int(margin_y + margin_y * 0.8 * np.sin(0.5 * t) + rng.normal(0, 1.5))
@@ -81,11 +72,30 @@ def write_camera_clip(path, width: int, height: int, seconds: float, fps: float 
             cy = min(max(cy, 0), height - 2 * radius)
             image[cy:cy + 2 * radius, cx:cx + 2 * radius][disc] = (200, 60, 40)
             image += rng.normal(0, noise, (height, width, 1)).astype(np.float32)
-            frame = av.VideoFrame.from_ndarray(np.clip(image, 0, 255).astype(np.uint8),
-                                               format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            yield np.clip(image, 0, 255).astype(np.uint8)
+
+    with av.open(str(path), mode="w") as container:
+        if codec in ("libx264", "libx265"):
+            params = {"preset": preset, "g": str(keyint), "keyint_min": str(keyint),
+                      "sc_threshold": "0"}
+            stream = container.add_stream(codec, rate=rate, options=params)
+        else:
+            stream = container.add_stream(codec, rate=rate)
+            stream.codec_context.gop_size = keyint
+        stream.bit_rate = bit_rate
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = 1 / rate
+        encode_rgb(container, stream, pictures())
     return path
+
+
+def encode_rgb(container, stream, pictures) -> None:
+    """Encode uint8 (H, W, 3) RGB pictures into `stream` of `container`, picture i at pts i (in
+    the stream's time base, one per frame), then flush the encoder."""
+    for i, rgb in enumerate(pictures):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
