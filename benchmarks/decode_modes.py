@@ -86,8 +86,8 @@ def main(argv=None) -> int:
                    "keyframes_used": decoded["keyframe"][1],
                    "speedup": med["exact"] / med["keyframe"]}
             rows.append(row)
-            print(f"{seconds:>5g} s  {row['mbit_s']:.1f} Mbit/s  {frames:>3} frames  exact {med['exact']:7.1f} ms "
-                  f"({decoded['exact'][0]} pictures)  keyframe {med['keyframe']:7.1f} ms "
+            print(f"{seconds:>5g} s  {row['mbit_s']:.1f} Mbit/s  {frames:>3} frames  "
+                  f"exact {med['exact']:7.1f} ms ({decoded['exact'][0]} pictures)  keyframe {med['keyframe']:7.1f} ms "
                   f"({decoded['keyframe'][0]} pictures)  {row['speedup']:.1f}x", flush=True)
 
     print(f"\ndecode modes, {width}x{height} {args.fps:g} fps H.264 (B-frames), keyframe every "

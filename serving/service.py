@@ -48,10 +48,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import serving
+from serving.auth import METRICS, PROTECTED, ApiKeyMiddleware
 from serving.errors import NotReady
 from serving.handler import ClassifyHandler, Loader
 from serving.options import DEFAULT_TOP_K, NAMES
-from serving.auth import METRICS, PROTECTED, ApiKeyMiddleware
 from serving.settings import Settings, SettingsError
 from serving.timeout import install as install_timeout_fix
 

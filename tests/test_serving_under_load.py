@@ -113,7 +113,7 @@ def test_a_tight_budget_behind_loose_ones_is_answered_first_and_in_time(server, 
     body = answers["tight"].json()
     assert body["budget"]["met"] and (done["tight"] - t_tight) * 1e3 <= 2000, body
     # least slack first: it overtook the loose ones still waiting (fifo would have made it wait
-    # for all of them, ~1.2 s here): it waited less than the five or more that were queued when it came
+    # for all of them, ~1.2 s here): it waited less than the five or more queued when it came
     waits = sorted(answers[n].json()["timing_ms"]["queue"] for n in answers if n != "tight")
     assert body["timing_ms"]["queue"] < waits[-5], (body["timing_ms"], waits)
 

@@ -396,8 +396,9 @@ class DecodePool:
     def _acquire(self, started_after: float | None = None, first: bool = False) -> _Child:
         """An idle child (one started after `started_after`, when given), or a new one.
         Callers with `first` (probes: milliseconds) take the next free child ahead of the
-        others (decodes: a clip each): a request is known to the scheduler only once probed,
-        and one that waited a whole decode for its probe would be scheduled blind."""
+        others (decodes: a clip each): a request is known to the scheduler only once probed.
+        (The server keeps one child more than its decode slots, but two probes at once, or a
+        retry, can still find every child busy.)"""
         with self._cond:
             if first:
                 self._probes_waiting += 1
