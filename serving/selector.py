@@ -220,12 +220,25 @@ class Option:
 def option_value(config: ProfiledConfig, table: ProfileTable) -> float:
     """What an answer at `config` is worth when ranking: its top-1 accuracy. Configurations
     without one rank below every configuration with one (of 0.001 or more), and among
-    themselves by GFLOPs (more is better): value 0.001 x GFLOPs / the table's largest (x 0.999
-    in a table without any accuracy, where GFLOPs alone rank)."""
+    themselves by GFLOPs (more is better): value 0.001 x GFLOPs / the table's largest. In a
+    table without any accuracy, the model's native configuration (the profiled model's frames,
+    pixels and patch) ranks first, value 1: a checkpoint trained at one configuration is known
+    to hold there and may fall apart elsewhere; the others follow by GFLOPs (x 0.999)."""
     if config.accuracy is not None:
         return config.accuracy
+    if not table.has_accuracy and config.key == native_key(table):
+        return 1.0
     share = config.gflops / max(c.gflops for c in table.configs)
     return share * (1e-3 if table.has_accuracy else 0.999)
+
+
+def native_key(table: ProfileTable) -> Key | None:
+    """(frames, pixels, patch) of the model the table was measured on, when it says."""
+    model = table.meta.get("model")
+    try:
+        return int(model["num_frames"]), int(model["img_size"]), int(model["patch_size"])
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def select(finishes: Mapping[Option, float], deadline: float,

@@ -5,7 +5,8 @@
     STRETCHYSNAKE_LABELS            class names: a JSON list or one name per line (default: the
                                     checkpoint's labels.json; public .pth files carry none)
     STRETCHYSNAKE_PROFILE           the profile table; an explicit path must exist
-                                    (default: profiles/<device>.json, else a quick self-profile)
+                                    (default: profiles/<device>.json if it was measured on this
+                                    model's architecture, else a quick self-profile)
     STRETCHYSNAKE_DEVICE            cpu, cuda or cuda:N (default: cuda when available)
     STRETCHYSNAKE_THREADS           torch CPU threads of the model (default on CPUs: half the
                                     cores, all of them with SCHEDULER=fifo; serving.engine)

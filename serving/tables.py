@@ -46,6 +46,22 @@ class QuickProfile:
     decode_repeats: int = 2
 
 
+# What decides a model's latencies (not its head or its training settings).
+ARCHITECTURE = ("embed_dim", "depth", "patch_size", "img_size", "num_frames", "tubelet",
+                "d_state", "expand")
+
+
+def differences(table: ProfileTable, net) -> list[str]:
+    """How the model a table was measured on differs from `net` ("embed_dim 96 vs 192", ...);
+    empty when they agree or the table does not say."""
+    meta_model = table.meta.get("model")
+    if not isinstance(meta_model, dict):
+        return []
+    ours = net.config.to_dict()
+    return [f"{k} {meta_model[k]} vs {ours.get(k)}" for k in ARCHITECTURE
+            if k in meta_model and meta_model[k] != ours.get(k)]
+
+
 def model_fingerprint(net) -> str:
     text = json.dumps(net.config.to_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -57,16 +73,10 @@ def reconcile(table: ProfileTable, net) -> tuple[ProfileTable, list[str]]:
     changed."""
     cfg = net.config
     notes, keep = [], []
-    meta_model = table.meta.get("model")
-    if isinstance(meta_model, dict):
-        ours = cfg.to_dict()
-        differ = sorted(k for k in ("embed_dim", "depth", "patch_size", "img_size", "num_frames",
-                                    "tubelet", "d_state", "expand")
-                        if k in meta_model and meta_model[k] != ours.get(k))
-        if differ:
-            notes.append("the profile was measured on a different model ("
-                         + ", ".join(f"{k} {meta_model[k]} vs {ours[k]}" for k in differ)
-                         + "): its latencies are corrected online from observed requests")
+    differ = differences(table, net)
+    if differ:
+        notes.append("the profile was measured on a different model (" + ", ".join(differ)
+                     + "): its latencies are corrected online from observed requests")
     changed = 0
     for c in table.configs:
         try:
@@ -134,16 +144,23 @@ def measure_quick_profile(net, device, quick: QuickProfile, checkpoint: str) -> 
 
 def resolve_table(net, settings: Settings, device: torch.device,
                   quick: QuickProfile) -> tuple[ProfileTable, str]:
-    """(table, where it came from): STRETCHYSNAKE_PROFILE, else profiles/<device>.json, else a
-    quick profile measured now (kept in the cache directory for the next start; a file lock
-    makes the workers of one machine measure it once)."""
+    """(table, where it came from): STRETCHYSNAKE_PROFILE, else profiles/<device>.json when it
+    was measured on this model's architecture, else a quick profile of this model measured now
+    around its native configuration (kept in the cache directory, by device and model
+    fingerprint, for the next start; a file lock makes the workers of one machine measure it
+    once)."""
     if settings.profile is not None:
         if not settings.profile.is_file():
             raise ProfileError("file not found (from STRETCHYSNAKE_PROFILE)", settings.profile)
         return ProfileTable.load(settings.profile), str(settings.profile)
     default = prof.default_profile_path(device)
     if default.is_file():
-        return ProfileTable.load(default), str(default)
+        table = ProfileTable.load(default)
+        differ = differences(table, net)
+        if not differ:
+            return table, str(default)
+        log.warning("the profile table %s was measured on another model (%s): not used for "
+                    "this one", default, ", ".join(differ))
     slug = prof.profile_name(prof.device_name(device))
     cached = settings.cache / "profiles" / f"{slug}-{model_fingerprint(net)}-quick.json"
     with _file_lock(cached.with_suffix(".lock")):
@@ -155,9 +172,11 @@ def resolve_table(net, settings: Settings, device: torch.device,
                 return table, f"{cached} (quick profile)"
             except ProfileError as e:
                 log.warning("ignoring a broken cached quick profile: %s", e)
-        log.warning("no profile table for this device at %s: measuring a quick profile now "
-                    "(a few seconds; `python -m serving.profile --checkpoint ...` writes a "
-                    "proper one)", default)
+        cfg = net.config
+        log.warning("no profile table for this device and model at %s: measuring a quick "
+                    "profile around the native %dx%d/%d now (seconds to a minute; `python -m "
+                    "serving.profile --checkpoint ...` writes a proper one)", default,
+                    cfg.num_frames, cfg.img_size, cfg.patch_size)
         t0 = time.perf_counter()
         table_dict = measure_quick_profile(net, device, quick, str(settings.checkpoint))
         prof.write_table(table_dict, cached)

@@ -95,6 +95,22 @@ def test_option_value_ranks_unknown_below_known_and_among_them_by_gflops():
         [0.999, 0.4995, 0.1665])
 
 
+def test_without_accuracy_the_native_configuration_ranks_first():
+    # a checkpoint trained at 8x224/16 (a public tiny): its own configuration is the one known
+    # to hold; 16x224/16 costs more GFLOPs but was never trained
+    d = table_dict(cfg(16, 224, 16, 90.0, 50.0), cfg(8, 224, 16, 45.0, 20.0),
+                   cfg(8, 112, 16, 12.0, 8.0))
+    d["meta"]["model"] = {"num_frames": 8, "img_size": 224, "patch_size": 16}
+    t = ProfileTable.from_dict(d)
+    assert select(options(t), 60.0).key == (8, 224, 16)
+    assert select(options(t), 10.0).key == (8, 112, 16)  # native too slow: GFLOPs rank
+    value = {c.key: option_value(c, t) for c in t.configs}
+    assert value[(8, 224, 16)] == 1.0 > value[(16, 224, 16)] > value[(8, 112, 16)]
+    # a table with accuracies ranks by them, native or not
+    d["configs"][0]["accuracy"] = 0.9
+    assert select(options(ProfileTable.from_dict(d)), 60.0).key == (16, 224, 16)
+
+
 def test_near_options_count_as_equal_and_the_fastest_of_them_wins():
     t = table(cfg(8, 56, 8, 0.33, 9.5, 1.0), cfg(8, 56, 28, 0.034, 3.0, 0.983),
               cfg(4, 56, 28, 0.017, 2.5, 0.24))

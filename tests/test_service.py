@@ -674,6 +674,35 @@ def test_engine_measures_and_caches_a_quick_profile_when_none_exists(assets, tmp
     assert len(list((tmp_path / "cache" / "profiles").glob("*-quick.json"))) == 1
 
 
+def test_a_profile_table_of_another_model_is_not_used_for_this_one(assets, tmp_path,
+                                                                     monkeypatch, caplog):
+    # profiles/<device>.json measured on the bundled nano; the checkpoint served is another
+    # model: its own quick profile, around its own native configuration
+    other = tmp_path / "other.json"
+    d = json.loads(Path(assets["profile"]).read_text())
+    d["meta"]["model"] = dict(d["meta"].get("model") or {}, embed_dim=96, depth=8)
+    other.write_text(json.dumps(d))
+    monkeypatch.setattr(prof, "default_profile_path", lambda device=None: other)
+    quick = tables.QuickProfile(frame_ratios=(1,), pixel_ratios=(1,), warmup=1, min_runs=1,
+                                min_seconds=0, max_runs=1, decode_seconds=0.1,
+                                decode_video_sides=(64,), decode_durations=(0.5,),
+                                decode_repeats=1)
+    settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True,
+                        cache=tmp_path / "cache", tmpdir=tmp_path / "up")
+    net = assets["net"]
+    with caplog.at_level("WARNING", logger="stretchysnake.serving"):
+        table, source = tables.resolve_table(net, settings, torch.device("cpu"), quick)
+    assert "quick profile" in source and "measured on another model" in caplog.text
+    cfg = net.config
+    assert (cfg.num_frames, cfg.img_size, cfg.patch_size) in {c.key for c in table.configs}
+    # the same table for the model it was measured on is used as it is
+    same = tmp_path / "same.json"
+    d["meta"]["model"] = net.config.to_dict()
+    same.write_text(json.dumps(d))
+    monkeypatch.setattr(prof, "default_profile_path", lambda device=None: same)
+    assert tables.resolve_table(net, settings, torch.device("cpu"), quick)[1] == str(same)
+
+
 class _FakeRequest:
     """What the handler reads of a Starlette request."""
 
