@@ -69,7 +69,12 @@ def load_labels(path: Path | None, net) -> list[str]:
                           "the server needs one")
     if path is None:
         labels = getattr(net, "labels", None)
-        return list(labels) if labels else [str(i) for i in range(n)]
+        if labels:
+            return list(labels)
+        log.warning("the checkpoint carries no class names (public .pth files do not): labels "
+                    "are the class indices 0-%d; set STRETCHYSNAKE_LABELS to a JSON list or a "
+                    "file of one name per line", n - 1)
+        return [str(i) for i in range(n)]
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:

@@ -703,6 +703,15 @@ def test_a_profile_table_of_another_model_is_not_used_for_this_one(assets, tmp_p
     assert tables.resolve_table(net, settings, torch.device("cpu"), quick)[1] == str(same)
 
 
+def test_a_checkpoint_without_class_names_is_said_in_the_log(caplog):
+    from model import build_model
+
+    net = build_model("nano", num_classes=3, depth=1, embed_dim=32)
+    with caplog.at_level("WARNING", logger="stretchysnake.serving"):
+        assert eng.load_labels(None, net) == ["0", "1", "2"]
+    assert "no class names" in caplog.text and "STRETCHYSNAKE_LABELS" in caplog.text
+
+
 class _FakeRequest:
     """What the handler reads of a Starlette request."""
 
