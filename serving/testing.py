@@ -106,6 +106,19 @@ def serve(env: Mapping[str, str], log_path: Path, *, host: str = "127.0.0.1",
             stop(proc)
 
 
+def metric(url: str, name: str, **labels) -> float:
+    """A metric of the server's /metrics, summed over its lines whose labels include `labels`
+    (0 when absent): metric(url, "stretchysnake_queue_depth", stage="pending")."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if head.split("{")[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 def decoding_processes(server_pid: int) -> list[int]:
     """The decoding processes (video.isolation) under a server's process tree (Linux /proc;
     BentoML's workers start sessions of their own, so the tree, not the session, says whose)."""

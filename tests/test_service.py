@@ -31,7 +31,7 @@ from serving.errors import (BadParameters, BadRequest, BudgetInfeasible, Payload
 from serving.options import Options, parse_options
 from serving.selector import ProfileTable
 from serving.settings import Settings, SettingsError
-from serving.testing import ServerFailed, free_port, serve, server_env, tiny_checkpoint
+from serving.testing import ServerFailed, free_port, metric, serve, server_env, tiny_checkpoint
 from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS
 from serving.upload import FILE_MARKER, read_upload
 from video import errors as verr
@@ -319,18 +319,7 @@ def test_admission_counts_complete_uploads_apart_and_refuses_while_draining():
 
 
 def _metric(server, name: str, **labels) -> float:
-    text = server["client"].get("/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, value = line.rsplit(" ", 1)
-        metric = head.split("{")[0]
-        if metric != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
+    return metric(server["url"], name, **labels)
 
 
 def test_profile_endpoint_returns_the_active_table(server):

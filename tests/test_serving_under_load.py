@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from serving.decode_cost import write_test_video
-from serving.testing import ServerFailed, decoding_processes, serve, server_env, tiny_checkpoint
+from serving.testing import (ServerFailed, decoding_processes, metric, serve, server_env,
+                             tiny_checkpoint)
 from serving.testing import TINY_CONFIGS as CONFIGS, TINY_LABELS as LABELS
 from video.synthetic import CLASSES, encode_mp4, render_clip
 
@@ -78,14 +79,6 @@ def _warm(url: str, data: bytes, n: int = 4) -> None:
         assert r.status_code == 200, r.text
 
 
-def _gauge(url: str, name: str) -> float:
-    """A gauge of the server's /metrics (0 when absent)."""
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_a_tight_budget_behind_loose_ones_is_answered_first_and_in_time(server, assets):
     _warm(server.url, assets["slower"])
     done: dict[str, float] = {}
@@ -101,7 +94,7 @@ def test_a_tight_budget_behind_loose_ones_is_answered_first_and_in_time(server, 
         t.start()
     # the loose ones uploaded and queued: two decode, the rest wait
     deadline = time.monotonic() + 20
-    while _gauge(server.url, 'stretchysnake_queue_depth{stage="pending"}') < 5:
+    while metric(server.url, "stretchysnake_queue_depth", stage="pending") < 5:
         assert time.monotonic() < deadline, "the loose requests never queued up"
         time.sleep(0.005)
     t_tight = time.perf_counter()
@@ -210,7 +203,7 @@ def test_sigterm_drains_requests_taken_and_refuses_new_ones(assets):
                 taken = [pool.submit(uploading) for _ in range(3)]
                 # taken: the server is reading them (the clients' own uploads take milliseconds)
                 deadline = time.monotonic() + 20
-                while min(_gauge(running.url, "stretchysnake_uploading") for _ in range(2)) < 3:
+                while min(metric(running.url, "stretchysnake_uploading") for _ in range(2)) < 3:
                     assert time.monotonic() < deadline, "the slow uploads never reached the server"
                 t_term = time.perf_counter()
                 os.kill(running.proc.pid, signal.SIGTERM)   # the server process only, as Kubernetes
