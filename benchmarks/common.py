@@ -70,11 +70,13 @@ def print_table(rows: list[dict], columns: list[str], title: str = ""):
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
-def save(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def save(name: str, payload: dict, directory: Path = RESULTS) -> Path:
+    """directory/name (benchmarks/results by default): the machine, then the payload."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(RESULTS.parent.parent)}")
+    resolved = path.resolve()
+    print(f"\nwrote {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path}")
     return path
 
 

@@ -7,23 +7,21 @@ Writes camera-like clips (`video.camera`: H.264 with B-frames, a keyframe every 
 seconds) once under --cache, then decodes --frames frames of each at --short-side, both modes
 interleaved, --repeats times, one process, one file at a time (as a decoding process of the
 server does). Prints the median milliseconds per mode, the speed-up, and the pictures decoded;
-writes benchmarks/results/decode_modes.json. The machine is shared and noisy: compare the two
+writes decode_modes.json under --out-dir (benchmarks/results). The machine is shared and noisy: compare the two
 modes of one run, not runs of different days.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import RESULTS, print_table, save  # noqa: E402
 from video import DecodeStats, decode_frames, probe  # noqa: E402
 from video.camera import write_camera_clip  # noqa: E402
 
@@ -48,8 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--short-side", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/stretchysnake-camera-clips"))
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" /
-                    "decode_modes.json")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -87,24 +84,18 @@ def main(argv=None) -> int:
                    "speedup": med["exact"] / med["keyframe"]}
             rows.append(row)
             print(f"{seconds:>5g} s  {row['mbit_s']:.1f} Mbit/s  {frames:>3} frames  "
-                  f"exact {med['exact']:7.1f} ms ({decoded['exact'][0]} pictures)  keyframe {med['keyframe']:7.1f} ms "
-                  f"({decoded['keyframe'][0]} pictures)  {row['speedup']:.1f}x", flush=True)
+                  f"exact {med['exact']:7.1f} ms ({decoded['exact'][0]} pictures)  "
+                  f"keyframe {med['keyframe']:7.1f} ms ({decoded['keyframe'][0]} pictures)  "
+                  f"{row['speedup']:.1f}x", flush=True)
 
-    print(f"\ndecode modes, {width}x{height} {args.fps:g} fps H.264 (B-frames), keyframe every "
-          f"{args.gop_s:g} s, to {args.short_side} px; median of {args.repeats}")
-    print(f"{'clip':>6}  {'frames':>6}  {'exact ms':>9}  {'keyframe ms':>11}  {'speed-up':>8}")
-    for row in rows:
-        print(f"{row['seconds']:>5g}s  {row['frames']:>6}  {row['median_ms']['exact']:>9.1f}  "
-              f"{row['median_ms']['keyframe']:>11.1f}  {row['speedup']:>7.1f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "python": platform.python_version(),
-                    "date": datetime.now().isoformat(timespec="seconds"),
-                    "command": "python benchmarks/decode_modes.py " + " ".join(
-                        sys.argv[1:] if argv is None else argv)},
-        "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    print_table([{"clip": f"{r['seconds']:g} s", "Mbit/s": r["mbit_s"], "frames": r["frames"],
+                  "exact ms": r["median_ms"]["exact"], "keyframe ms": r["median_ms"]["keyframe"],
+                  "speed-up": f"{r['speedup']:.1f}x"} for r in rows],
+                ["clip", "Mbit/s", "frames", "exact ms", "keyframe ms", "speed-up"],
+                title=f"decode modes, {width}x{height} {args.fps:g} fps H.264 (B-frames), "
+                      f"keyframe every {args.gop_s:g} s, to {args.short_side} px; median of "
+                      f"{args.repeats}")
+    save("decode_modes.json", {"rows": rows}, args.out_dir)
     return 0
 
 

@@ -7,15 +7,14 @@ with a keyframe every --gop-s seconds (issue 30's accuracy target: within 2 poin
 Each test clip is decoded (all its frames) and written again with `video.synthetic.encode_mp4`
 (same encoder settings as the dataset, plus the GOP) under --cache; both decode modes then read
 the same re-encoded files. Prints top-1 per configuration and mode, and how many of the frames
-keyframe mode took from keyframes; writes benchmarks/results/keyframe_accuracy.json.
+keyframe mode took from keyframes; writes keyframe_accuracy.json under --out-dir
+(benchmarks/results).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,21 +24,21 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import RESULTS, print_table, save  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from training.data import load_samples  # noqa: E402
+from training.variants import parse_configs  # noqa: E402
 from video import DecodeStats, decode_frames, preprocess, probe  # noqa: E402
 from video.synthetic import encode_mp4  # noqa: E402
 
 MODES = ("exact", "keyframe")
 
 
-def _configs(text: str) -> list[tuple[int, int, int]]:
-    out = []
-    for item in text.split(","):
-        fp, patch = item.split("/")
-        frames, pixels = fp.split("x")
-        out.append((int(frames), int(pixels), int(patch)))
-    return out
+def _configs(text: str):
+    try:
+        return parse_configs(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def reencode(src: str, dst: Path, gop_s: float) -> Path:
@@ -66,8 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="only the first N clips (a check)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/stretchysnake-gop-clips"))
-    ap.add_argument("--out", type=Path,
-                    default=REPO / "benchmarks" / "results" / "keyframe_accuracy.json")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     net = load_checkpoint(args.checkpoint, map_location="cpu").eval()
@@ -76,7 +74,7 @@ def main(argv=None) -> int:
     cache = args.cache / f"gop{args.gop_s:g}s"
     cache.mkdir(parents=True, exist_ok=True)
     correct = {(c, m): 0 for c in args.configs for m in MODES}
-    sizes = sorted({(c[0], c[1]) for c in args.configs})
+    sizes = sorted({(c.frames, c.pixels) for c in args.configs})
     from_keyframes = dict.fromkeys(sizes, 0)   # frames taken from keyframes, keyframe mode
     t0 = time.perf_counter()
     for n, sample in enumerate(samples, 1):
@@ -91,33 +89,27 @@ def main(argv=None) -> int:
                     from_keyframes[(frames, pixels)] += stats.keyframes_used
                 clip = preprocess(raw, pixels)[None]
                 for config in args.configs:
-                    if config[:2] == (frames, pixels):
-                        logits = net(clip, patch=config[2])
+                    if (config.frames, config.pixels) == (frames, pixels):
+                        logits = net(clip, patch=config.patch)
                         correct[(config, mode)] += int(logits.argmax(-1).item() == label)
         if n % 50 == 0 or n == len(samples):
             print(f"{n}/{len(samples)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
-    print(f"\ntop-1 on {len(samples)} {args.split} clips re-encoded with a keyframe every "
-          f"{args.gop_s:g} s ({Path(args.checkpoint).name})")
-    print(f"{'config':>10}  {'exact':>7}  {'keyframe':>8}  {'diff':>6}")
     for c in args.configs:
         acc = {m: correct[(c, m)] / len(samples) for m in MODES}
-        name = f"{c[0]}x{c[1]}/{c[2]}"
-        rows.append({"config": name, "top1": acc,
+        rows.append({"config": f"{c.frames}x{c.pixels}/{c.patch}", "top1": acc,
                      "diff_points": 100 * (acc["keyframe"] - acc["exact"])})
-        print(f"{name:>10}  {100 * acc['exact']:>6.1f}%  {100 * acc['keyframe']:>7.1f}%  "
-              f"{100 * (acc['keyframe'] - acc['exact']):>+5.1f}")
+    print_table([{"config": r["config"], "exact %": 100 * r["top1"]["exact"],
+                  "keyframe %": 100 * r["top1"]["keyframe"], "diff": f"{r['diff_points']:+.1f}"}
+                 for r in rows], ["config", "exact %", "keyframe %", "diff"],
+                title=f"top-1 on {len(samples)} {args.split} clips re-encoded with a keyframe "
+                      f"every {args.gop_s:g} s ({Path(args.checkpoint).name})")
     shares = {f"{f}x{p}": n / (f * len(samples)) for (f, p), n in from_keyframes.items()}
     print("frames taken from keyframes in keyframe mode: " + ", ".join(
         f"{100 * v:.0f}% at {k}" for k, v in shares.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "date": datetime.now().isoformat(timespec="seconds"), "checkpoint": args.checkpoint,
-        "clips": len(samples), "split": args.split, "gop_s": args.gop_s,
-        "command": "python benchmarks/keyframe_accuracy.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
-        "rows": rows, "keyframe_share": shares}, indent=1))
-    print(f"wrote {args.out}")
+    save("keyframe_accuracy.json", {
+        "checkpoint": args.checkpoint, "clips": len(samples), "split": args.split,
+        "gop_s": args.gop_s, "rows": rows, "keyframe_share": shares}, args.out_dir)
     return 0
 
 
