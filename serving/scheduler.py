@@ -273,7 +273,7 @@ class Scheduler:
         if now - r.arrival >= self.policy.age_bound_ms:
             return False
         work = r.fastest.total_ms
-        return not r.budgeted or r.deadline - now - work * (1 + self.policy.safety) >= 2 * work
+        return not r.budgeted or r.deadline - self._padded(now + work, now) >= 2 * work
 
     def _can_wait(self, r: Request, now: float) -> bool:
         """Shared cores: should `r`, which can wait, wait rather than start now? It does beside
@@ -444,10 +444,10 @@ class Scheduler:
         for rank, _, q in ranked:
             if rank < mine:
                 t.add(q.fastest)
-        finish = min(t.finish(o) for o in r.options)
-        if self._padded(finish, now) <= r.deadline:
+        finish = self._padded(min(t.finish(o) for o in r.options), now)
+        if finish <= r.deadline:
             return None
-        return self._refusal(r, now, self._padded(finish, now))
+        return self._refusal(r, now, finish)
 
     def _refusal(self, r: Request, now: float, finish: float | None = None) -> Refuse:
         """`finish`: the earliest it could answer, with room for the prediction's error."""

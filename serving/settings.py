@@ -138,7 +138,7 @@ class Settings:
             values["device"] = get("DEVICE")
         if get("API_KEY"):
             key = get("API_KEY")
-            if key != key.strip() or any(c.isspace() for c in key):
+            if any(c.isspace() for c in key):
                 problems.append(f"{PREFIX}API_KEY: must not contain spaces (the value is not "
                                 f"shown)")
             else:
