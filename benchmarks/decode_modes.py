@@ -6,7 +6,9 @@
 Writes camera-like clips (`video.camera`: H.264 with B-frames, a keyframe every --gop-s
 seconds) once under --cache, then decodes --frames frames of each at --short-side, both modes
 interleaved, --repeats times, one process, one file at a time (as a decoding process of the
-server does). Prints the median milliseconds per mode, the speed-up, and the pictures decoded;
+server does). Prints the median milliseconds per mode, the speed-up, the pictures decoded and
+the keyframes' share of the bits (decoding a picture costs about its bits, so heavy keyframes
+bound the speed-up);
 writes decode_modes.json under --out-dir (benchmarks/results). The machine is shared and noisy: compare the two
 modes of one run, not runs of different days.
 """
@@ -22,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import RESULTS, print_table, save  # noqa: E402
+import av  # noqa: E402
+
 from video import DecodeStats, decode_frames, probe  # noqa: E402
 from video.camera import write_camera_clip  # noqa: E402
 
@@ -34,6 +38,20 @@ def _ints(text: str) -> list[int]:
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
+
+
+def keyframe_bytes(path: Path) -> tuple[float, float]:
+    """(share of the stream's bytes in keyframes, mean keyframe size / mean frame size): what
+    bounds the speed-up, since decoding a picture costs about its bits."""
+    sizes, keys = [], []
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size:
+                sizes.append(packet.size)
+                keys.append(packet.is_keyframe)
+    key_bytes = sum(s for s, k in zip(sizes, keys) if k)
+    share = key_bytes / sum(sizes)
+    return share, (key_bytes / max(1, sum(keys))) / (sum(sizes) / len(sizes))
 
 
 def main(argv=None) -> int:
@@ -62,6 +80,7 @@ def main(argv=None) -> int:
                               args.gop_s).rename(path)
             print(f"{time.perf_counter() - t0:.0f} s", flush=True)
         info = probe(path)
+        key_share, key_ratio = keyframe_bytes(path)
         for frames in args.frames:
             times = {m: [] for m in MODES}
             decoded = {}
@@ -78,6 +97,7 @@ def main(argv=None) -> int:
                    "fps": args.fps, "gop_s": args.gop_s, "frames": frames,
                    "bytes": path.stat().st_size,
                    "mbit_s": path.stat().st_size * 8 / seconds / 1e6,
+                   "keyframe_bytes_share": key_share, "keyframe_vs_mean_frame": key_ratio,
                    "median_ms": med, "runs_ms": times,
                    "pictures_decoded": {m: decoded[m][0] for m in MODES},
                    "keyframes_used": decoded["keyframe"][1],
@@ -88,10 +108,12 @@ def main(argv=None) -> int:
                   f"keyframe {med['keyframe']:7.1f} ms ({decoded['keyframe'][0]} pictures)  "
                   f"{row['speedup']:.1f}x", flush=True)
 
-    print_table([{"clip": f"{r['seconds']:g} s", "Mbit/s": r["mbit_s"], "frames": r["frames"],
+    print_table([{"clip": f"{r['seconds']:g} s", "Mbit/s": r["mbit_s"],
+                  "key bits": f"{r['keyframe_bytes_share']:.0%}",
+                  "key/mean": f"{r['keyframe_vs_mean_frame']:.1f}x", "frames": r["frames"],
                   "exact ms": r["median_ms"]["exact"], "keyframe ms": r["median_ms"]["keyframe"],
                   "speed-up": f"{r['speedup']:.1f}x"} for r in rows],
-                ["clip", "Mbit/s", "frames", "exact ms", "keyframe ms", "speed-up"],
+                ["clip", "Mbit/s", "key bits", "key/mean", "frames", "exact ms", "keyframe ms", "speed-up"],
                 title=f"decode modes, {width}x{height} {args.fps:g} fps H.264 (B-frames), "
                       f"keyframe every {args.gop_s:g} s, to {args.short_side} px; median of "
                       f"{args.repeats}")

@@ -209,7 +209,7 @@ def test_the_in_process_bounds_do_not_hold_against_a_bomb(tmp_path, capsys):
     """Why decoding is isolated: with max_decode_s = 0.05 s, opening a 16-stream bomb in the
     process itself runs to the end (probe has no deadline, and decode checks its deadline only
     after FFmpeg has opened the file) and the process grows by hundreds of times the file's size."""
-    path = tmp_path / "bomb16.mkv"
+    path = tmp_path / "bomb16.flv"
     path.write_bytes(hostile.bomb(16))
     out = subprocess.run([sys.executable, "-c", _INLINE, str(path), "0.05"], cwd=REPO,
                          capture_output=True, text=True, timeout=120,
@@ -239,7 +239,7 @@ def clip_path(tmp_path_factory) -> Path:
 
 
 def test_the_time_bound_kills_a_decode_that_overruns(tmp_path, clip_path, capsys):
-    path = tmp_path / "bomb.mkv"
+    path = tmp_path / "bomb.flv"
     path.write_bytes(hostile.bomb())
     limits = Limits(max_decode_s=0.5)
     # memory generous, so that the clock, not the allowance, stops it
@@ -261,7 +261,7 @@ def test_the_time_bound_kills_a_decode_that_overruns(tmp_path, clip_path, capsys
 
 @pytest.mark.skipif(not LINUX, reason="RLIMIT_AS and /proc: Linux")
 def test_the_memory_bound_stops_a_bomb_and_names_it(tmp_path, clip_path, capsys):
-    bomb = tmp_path / "bomb.mkv"
+    bomb = tmp_path / "bomb.flv"
     bomb.write_bytes(hostile.bomb())
     eight_k = tmp_path / "8k.mp4"
     eight_k.write_bytes(hostile.encode("libx264", "mp4", size=(7680, 4320), frames=2, flat=True,
@@ -298,7 +298,7 @@ def test_a_decoder_killed_from_outside_costs_a_retry_not_an_error(tmp_path, clip
         pool.probe(clip_path)
         [pid] = pool.pids
         # a slow call (the bomb takes 1.5-2 s to open); its process is killed under it
-        path = tmp_path / "bomb.mkv"
+        path = tmp_path / "bomb.flv"
         path.write_bytes(hostile.bomb(4))
         threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
         info = pool.probe(path, Limits(max_decode_s=30, max_frame_area=None))
@@ -334,7 +334,7 @@ def test_a_probe_waiting_for_a_decoder_goes_before_the_decodes_waiting(tmp_path,
 
 
 def test_a_file_that_brings_two_decoders_down_is_a_corrupt_video(tmp_path, clip_path):
-    path = tmp_path / "bomb.mkv"
+    path = tmp_path / "bomb.flv"
     path.write_bytes(hostile.bomb())
     stop = threading.Event()
 

@@ -38,7 +38,8 @@ class VideoInfo:
     coded_height: int
     rotation: int                # counter-clockwise degrees to turn decoded pictures: 0/90/180/270
     codec: str                   # FFmpeg decoder name, e.g. "h264", "vp9", "mjpeg"
-    pix_fmt: str | None          # e.g. "yuv420p"
+    pix_fmt: str | None          # e.g. "yuv420p"; None where only a decoded picture would say
+                                 # (H.264 in MP4: opening decodes nothing, see video.source)
     container: str               # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
     bit_rate: int | None         # bits per second (container's, else the stream's)
     has_audio: bool

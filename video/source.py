@@ -82,7 +82,8 @@ class Source:
         if self.file is not None:
             self.file.seek(0)
         try:
-            container = av.open(target, mode="r", metadata_errors="replace")
+            container = av.open(target, mode="r", metadata_errors="replace",
+                                options=_OPEN_OPTIONS)
         except av.FFmpegError as err:
             raise self._unreadable(err) from None
         if container.format.name in NOT_VIDEO_FORMATS:
@@ -97,6 +98,12 @@ class Source:
             return CorruptVideo(f"the input starts like {kind} but FFmpeg cannot read it "
                                 f"({reason(err)}); it is probably truncated or damaged")
         return NotAVideo(f"the input is not a video container FFmpeg can read ({reason(err)})")
+
+
+# Passed to avformat_find_stream_info's decoders: FFmpeg decodes the first pictures while opening
+# a file, to learn what the container already states (a 1080p keyframe: ~100 ms of a 105 ms
+# open; 5 ms without). Only the pixel format goes unlearned; decoding later is unaffected.
+_OPEN_OPTIONS = {"skip_frame": "all"}
 
 
 def as_source(source: VideoSource, limits: Limits) -> Source:
