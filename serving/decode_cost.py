@@ -22,11 +22,16 @@ from video.transforms import short_side_size
 
 # ----------------------------------------------------------------------------- decode cost model
 META_KEYS = ("codec", "width", "height", "coded_width", "coded_height", "fps", "num_frames",
-             "duration_s", "size_bytes", "keyframes", "keyframe_interval_s")
+             "duration_s", "size_bytes", "keyframes", "keyframe_interval_s",
+             "keyframe_max_gap_s", "keyframe_bytes")
 DECODE_KIND = "linear-decode-v1"
 # Terms of decode_workload with one coefficient each; decoded_mpx has one per codec.
 TERMS = ("decoded_frames", "decoded_mbytes", "seeks", "output_frames", "converted_mpx")
 SEEK_EXTRA_FRAMES = 2  # frames decoded past the average half GOP per seek (measured: 1.5-2.5)
+# A keyframe's share of the bytes of its GOP, where the index does not give keyframe sizes
+# (Matroska): the share measured on phone-like H.264 (benchmarks/decode_modes.py: 30%); real
+# phone footage puts less in its keyframes, so this errs towards predicting too slow.
+KEYFRAME_SHARE = 0.3
 
 
 def video_meta(info: VideoInfo) -> dict:
@@ -34,7 +39,20 @@ def video_meta(info: VideoInfo) -> dict:
     return {k: getattr(info, k) for k in META_KEYS}
 
 
-def decode_workload(meta: Mapping, frames: int, pixels: int | None = None) -> dict:
+def keyframe_mode_applies(meta: Mapping, frames: int) -> bool:
+    """Does every one of the `frames` sampling segments hold a keyframe (the container's index
+    lists them, and no two are further apart than a segment)? Only then is decode_mode
+    "keyframe" a mode of its own: elsewhere it decodes exactly, segment by segment."""
+    gap, duration = meta.get("keyframe_max_gap_s"), meta.get("duration_s")
+    if not meta.get("keyframes") or not duration or frames < 1:
+        return False
+    if meta["keyframes"] < 2:
+        return frames == 1
+    return gap is not None and gap <= duration / frames
+
+
+def decode_workload(meta: Mapping, frames: int, pixels: int | None = None,
+                    decode: str = "exact") -> dict:
     """What decoding `frames` segment-sampled frames of a video costs, in the model's units.
 
     decode_frames keeps decoding towards the next target unless a keyframe lies before it, then
@@ -49,7 +67,10 @@ def decode_workload(meta: Mapping, frames: int, pixels: int | None = None) -> di
                     costs more than a P-frame because it has more bits)
     seeks           expected seeks (decoder flushes)
     output_frames   distinct frames returned (a fixed cost each: conversion call, copies)
-    converted_mpx   output_frames x (source + output) megapixels (resize + RGB conversion)"""
+    converted_mpx   output_frames x (source + output) megapixels (resize + RGB conversion)
+
+    decode="keyframe" (where keyframe_mode_applies): one seek and one keyframe per target, each
+    of the index's mean keyframe size (else KEYFRAME_SHARE of a GOP's bytes)."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     fps = meta.get("fps") or 25.0
@@ -57,10 +78,19 @@ def decode_workload(meta: Mapping, frames: int, pixels: int | None = None) -> di
     n = max(1.0, float(n))
     gop_s = meta.get("keyframe_interval_s")
     g = min(max(1.0, gop_s * fps), n) if gop_s else n
-    s = n / frames
-    per_target = s - s * s / (2 * g) if s < g else g / 2
-    seeks = frames * min(1.0, s / g)
-    decoded = min(n, frames * max(1.0, per_target) + SEEK_EXTRA_FRAMES * seeks)
+    mean_bytes = (meta.get("size_bytes") or 0) / n
+    if decode == "keyframe" and keyframe_mode_applies(meta, frames):
+        seeks = decoded = float(frames)
+        key_bytes = meta.get("keyframe_bytes") or KEYFRAME_SHARE * g * mean_bytes
+        mbytes = decoded * key_bytes / 1e6
+    elif decode in ("exact", "keyframe"):
+        s = n / frames
+        per_target = s - s * s / (2 * g) if s < g else g / 2
+        seeks = frames * min(1.0, s / g)
+        decoded = min(n, frames * max(1.0, per_target) + SEEK_EXTRA_FRAMES * seeks)
+        mbytes = decoded * mean_bytes / 1e6
+    else:
+        raise ValueError(f"decode must be 'exact' or 'keyframe', not {decode!r}")
     area = meta["coded_width"] * meta["coded_height"] / 1e6
     if pixels is None:  # no resize: the output is the source size
         out_area = area
@@ -68,8 +98,7 @@ def decode_workload(meta: Mapping, frames: int, pixels: int | None = None) -> di
         w, h = short_side_size(meta["width"], meta["height"], pixels)
         out_area = w * h / 1e6
     out = min(frames, n)
-    return {"decoded_frames": decoded, "decoded_mpx": decoded * area,
-            "decoded_mbytes": decoded * (meta.get("size_bytes") or 0) / n / 1e6,
+    return {"decoded_frames": decoded, "decoded_mpx": decoded * area, "decoded_mbytes": mbytes,
             "seeks": seeks, "output_frames": out, "converted_mpx": out * (area + out_area)}
 
 
@@ -96,22 +125,26 @@ class DecodeModel:
             return self.per_mpx_ms[codec]
         return max(self.per_mpx_ms.values(), default=0.0)
 
-    def predict_meta(self, meta: Mapping, frames: int, pixels: int | None = None) -> float:
+    def predict_meta(self, meta: Mapping, frames: int, pixels: int | None = None,
+                     decode: str = "exact") -> float:
         """predict_ms from a video_meta() dict (or a measurement sample)."""
-        w = decode_workload(meta, frames, pixels)
+        w = decode_workload(meta, frames, pixels, decode)
         return (self.const_ms + sum(self.coef_ms[t] * w[t] for t in TERMS)
                 + self.codec_mpx_ms(meta["codec"]) * w["decoded_mpx"])
 
-    def predict_ms(self, info: VideoInfo, frames: int, pixels: int | None = None) -> float:
-        """Predicted ms of decode_frames(source, frames, short_side=pixels, info=info) (the probe
-        itself not included: the server has done it before it selects)."""
-        return self.predict_meta(video_meta(info), frames, pixels)
+    def predict_ms(self, info: VideoInfo, frames: int, pixels: int | None = None,
+                   decode: str = "exact") -> float:
+        """Predicted ms of decode_frames(source, frames, short_side=pixels, info=info,
+        decode_mode=decode) (the probe itself not included: the server has done it before it
+        selects)."""
+        return self.predict_meta(video_meta(info), frames, pixels, decode)
 
     @classmethod
     def fit_samples(cls, samples: Sequence[Mapping]) -> DecodeModel:
         """Least squares on relative error (rows weighted by 1/ms, the error the fit reports)
         with non-negative coefficients: the most negative coefficient is dropped (set to 0) and
-        the rest refitted until none is negative. Samples: META_KEYS + frames, pixels, ms."""
+        the rest refitted until none is negative. Samples: META_KEYS + frames, pixels, ms, and
+        decode (the mode; "exact" when absent)."""
         if len(samples) < 2:
             raise ValueError(f"need at least 2 decode measurements to fit, got {len(samples)}")
         if not all(_finite(s.get("ms")) and s["ms"] > 0 for s in samples):
@@ -120,7 +153,7 @@ class DecodeModel:
         names = ["const", *TERMS, *(f"mpx:{c}" for c in codecs)]
         rows = []
         for s in samples:
-            w = decode_workload(s, s["frames"], s.get("pixels"))
+            w = decode_workload(s, s["frames"], s.get("pixels"), s.get("decode", "exact"))
             rows.append([1.0, *(w[t] for t in TERMS),
                          *(w["decoded_mpx"] if c == s["codec"] else 0.0 for c in codecs)])
         x = np.asarray(rows)
@@ -140,7 +173,8 @@ class DecodeModel:
             active.pop(int(np.argmin(sol)))
         c = dict(zip(names, coef.tolist()))
         model = cls(c["const"], {t: c[t] for t in TERMS}, {k: c[f"mpx:{k}"] for k in codecs})
-        pred = np.array([model.predict_meta(s, s["frames"], s.get("pixels")) for s in samples])
+        pred = np.array([model.predict_meta(s, s["frames"], s.get("pixels"),
+                                            s.get("decode", "exact")) for s in samples])
         rel = np.abs(pred / y - 1)
         fit = {"samples": len(samples), "codecs": codecs,
                "median_abs_rel_error": round(float(np.median(rel)), 4),
@@ -247,33 +281,36 @@ def write_test_videos(directory: Path, short_sides: Sequence[int] = (128, 240, 4
 
 def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Sequence[int],
                    repeats: int = 3, budget_s: float | None = None,
-                   progress=None) -> list[dict]:
-    """Median ms of decode_frames(path, T, short_side=P, info=probe(path)) per video, T and P
-    (the probe is not timed: the server probes before it selects), with the video's metadata
-    (META_KEYS), frames, pixels, ms and what the decoder did (frames_decoded, seeks). Stops early,
-    with what it has, once budget_s seconds have passed; the jobs run in a seeded random order so
-    that what it has still covers every video, T and P."""
+                   progress=None, decodes: Sequence[str] = ("exact", "keyframe")) -> list[dict]:
+    """Median ms of decode_frames(path, T, short_side=P, info=probe(path), decode_mode=D) per
+    video, T, P and D in `decodes` (keyframe mode only where keyframe_mode_applies: elsewhere it
+    is exact decoding), with the video's metadata (META_KEYS), frames, pixels, decode, ms and
+    what the decoder did (frames_decoded, seeks). The probe is not timed: the server probes
+    before it selects. Stops early, with what it has, once budget_s seconds have passed; the
+    jobs run in a seeded random order so that what it has still covers every video, T and P."""
     start = time.monotonic()
     samples = []
-    jobs = [(p, t, s) for p in paths for t in frames for s in short_sides]
+    infos = {path: None for path in paths}
+    jobs = [(p, t, s, d) for p in paths for t in frames for s in short_sides for d in decodes]
     random.Random(0).shuffle(jobs)
-    infos = {}
-    for i, (path, t, side) in enumerate(jobs):
+    for i, (path, t, side, decode) in enumerate(jobs):
         if budget_s is not None and time.monotonic() - start > budget_s and len(samples) >= 2:
             break
-        if path not in infos:
+        if infos[path] is None:
             infos[path] = probe(path)
             decode_frames(path, 1, info=infos[path])  # warm the file cache and FFmpeg
         info = infos[path]
+        if decode != "exact" and not keyframe_mode_applies(video_meta(info), t):
+            continue
         times = []
         for _ in range(repeats):
             stats = DecodeStats()
             t0 = time.perf_counter()
-            decode_frames(path, t, short_side=side, info=info, stats=stats)
+            decode_frames(path, t, short_side=side, info=info, stats=stats, decode_mode=decode)
             times.append((time.perf_counter() - t0) * 1e3)
-        samples.append({**video_meta(info), "frames": t, "pixels": side,
+        samples.append({**video_meta(info), "frames": t, "pixels": side, "decode": decode,
                         "ms": round(float(np.median(times)), 4),
                         "frames_decoded": stats.frames_decoded, "seeks": stats.seeks})
         if progress is not None:
-            progress.update(i + 1, f"{Path(path).name} {t} frames @{side}px")
+            progress.update(i + 1, f"{Path(path).name} {t} frames @{side}px {decode}")
     return samples

@@ -35,19 +35,19 @@ import numpy as np
 import torch
 
 from model import load_checkpoint
-from video import Limits, VideoInfo, preprocess
+from video import DECODE_MODES, Limits, VideoInfo, preprocess
 from video.isolation import make_decoder
 
 from . import profile as prof
 from .correction import LatencyCorrector
-from .decode_cost import DecodeModel, write_test_video
+from .decode_cost import DecodeModel, keyframe_mode_applies, video_meta, write_test_video
 from .errors import BadParameters
 from .options import Options
 from .predict import Predictor
 from .response import answer, gflops_refusal, refusal, rounded
 from .runner import Runner
 from .scheduler import Infeasible, Policy, Request, Scheduler
-from .selector import Key, Option, ProfiledConfig, ProfileTable, option_value, within_gflops
+from .selector import Key, Option, ProfiledConfig, ProfileTable, decode_value, within_gflops
 from .settings import Settings, SettingsError
 from .stages import Job, Stages
 from .tables import (QuickProfile, model_fingerprint, quick_decode_model, reconcile,
@@ -134,7 +134,8 @@ class Engine:
         self.preprocess_ms: dict[Key, float] = {}   # warm-up measurement per configuration
         self.warm_model_ms: dict[Key, float] = {}
         self.ready = False
-        self.values: dict[Key, float] = {}         # option_value per configuration
+        # decode_value per (configuration, decode mode); None: that mode is not offered
+        self.values: dict[tuple[Key, str], float | None] = {}
         self.predictor: Predictor | None = None
         self.stages: Stages | None = None
         self.runner: Runner | None = None
@@ -263,7 +264,8 @@ class Engine:
                 os.unlink(name)
 
     def _start_scheduling(self) -> None:
-        self.values = {k: option_value(c, self.table) for k, c in self.configs.items()}
+        self.values = {(k, mode): decode_value(c, self.table, mode)
+                       for k, c in self.configs.items() for mode in DECODE_MODES}
         self.predictor = Predictor(self.table, self.decode_model, self.preprocess_ms,
                                    self.corrector)
         self.stages = Stages(self.net, self.labels, self.device, self.decoder, self.limits,
@@ -293,15 +295,35 @@ class Engine:
                                  f"(configurations: {combos})"])
         return keys
 
+    def offers(self, info: VideoInfo, options: Options) -> list[tuple[Key, str, float]]:
+        """(configuration, decode mode, value) of every option for this video: each candidate
+        decoded exactly, and by keyframes where every sampling segment holds one and the
+        mode's value is known (`decode_value`). `decode` given: that mode only (keyframes
+        then wherever asked, valued as exact where unmeasured)."""
+        meta = video_meta(info)
+        offers = []
+        for key in self.candidates(options):
+            for mode in (options.decode,) if options.decode else DECODE_MODES:
+                value = self.values[key, mode]
+                if options.decode:
+                    value = value if value is not None else self.values[key, "exact"]
+                elif value is None or (mode != "exact"
+                                       and not keyframe_mode_applies(meta, key[0])):
+                    continue
+                offers.append((key, mode, value))
+        return offers
+
     def submit(self, path, info: VideoInfo, options: Options, *, arrival: float,
                stages_ms: dict, probe_s: float) -> tuple[Request, concurrent.futures.Future]:
         """Queue a probed request; the future gives its JSON answer. `arrival`: its arrival
         (time.perf_counter()); `stages_ms`: what was measured before (upload, probe). Raises
         BadParameters, or BudgetInfeasible for a strict budget that cannot be met now."""
-        keys = self.candidates(options)
-        predicted = {k: self.predictor.predict(info, k) for k in keys}
-        every = [Option(k, self.values[k], self.configs[k].gflops,
-                        p.decode + p.preprocess, p.model) for k, p in predicted.items()]
+        predicted = {}
+        every = []
+        for key, mode, value in self.offers(info, options):
+            p = predicted[key, mode] = self.predictor.predict(info, key, mode)
+            every.append(Option(key, value, self.configs[key].gflops, p.decode + p.preprocess,
+                                p.model, mode))
         allowed, gflops_ok = within_gflops(every, options.budget_gflops)
         if not gflops_ok and options.strict:
             raise gflops_refusal(options, allowed[0].gflops)

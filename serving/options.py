@@ -11,6 +11,8 @@
     frames          integer >= 1   only configurations with this many frames
     pixels          integer >= 1   only configurations of this frame size
     patch           integer >= 1   only configurations with this patch size
+    decode          exact|keyframe only this decode mode (default: whichever the budget favours;
+                                   see video.decode_frames)
 
 Values are strings as sent; form fields may also be JSON-encoded, as BentoML's client sends
 them (`50`, `true`, `"8"`); JSON `null` means "not given". Numbers must be finite (no NaN, no
@@ -24,6 +26,8 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterable
+
+from video import DECODE_MODES
 
 from .errors import BadParameters
 
@@ -39,6 +43,7 @@ class Options:
     frames: int | None = None
     pixels: int | None = None
     patch: int | None = None
+    decode: str | None = None
 
     @property
     def overrides(self) -> dict:
@@ -82,9 +87,15 @@ def _boolean(text: str):
     raise ValueError("must be a boolean (true/false)")
 
 
+def _decode_mode(text: str):
+    if text not in DECODE_MODES:
+        raise ValueError(f"must be one of {', '.join(DECODE_MODES)}")
+    return text
+
+
 PARSERS = {"budget_ms": _positive_number, "budget_gflops": _positive_number,
            "top_k": _positive_int, "strict": _boolean, "frames": _positive_int,
-           "pixels": _positive_int, "patch": _positive_int}
+           "pixels": _positive_int, "patch": _positive_int, "decode": _decode_mode}
 NAMES = tuple(PARSERS)
 
 

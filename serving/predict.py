@@ -2,10 +2,11 @@
 
     predictor = Predictor(table, decode_model, preprocess_ms)
     times = predictor.predict(info, (8, 112, 16))     # StageTimes(decode, preprocess, model)
+    times = predictor.predict(info, (8, 112, 16), "keyframe")   # another decode mode
     predictor.observe(info, key, times_measured)      # after the request ran
 
-- decode: `DecodeModel.predict_ms` from the probed metadata (the candidate's frames and short
-  side), corrected by the decode stage's online scale;
+- decode: `DecodeModel.predict_ms` from the probed metadata (the candidate's frames, short
+  side and decode mode), corrected by the decode stage's online scale;
 - preprocess: the warm-up measurement of that configuration, corrected online;
 - model: the profile's p95 at batch 1, corrected per configuration (`LatencyCorrector`); a
   batch of n: the profile's measurement at n when it has one (linear between measured sizes,
@@ -42,13 +43,13 @@ class Predictor:
         self.preprocess_baseline = dict(preprocess_ms)
         self.corrector = corrector or LatencyCorrector()
 
-    def raw_decode_ms(self, info: VideoInfo, key: Key) -> float:
+    def raw_decode_ms(self, info: VideoInfo, key: Key, decode: str = "exact") -> float:
         frames, pixels, _ = key
-        return max(0.0, self.decode_model.predict_ms(info, frames, pixels))
+        return max(0.0, self.decode_model.predict_ms(info, frames, pixels, decode))
 
-    def predict(self, info: VideoInfo, key: Key) -> StageTimes:
+    def predict(self, info: VideoInfo, key: Key, decode: str = "exact") -> StageTimes:
         c = self.configs[key]
-        return StageTimes(self.corrector.decode_ms(self.raw_decode_ms(info, key)),
+        return StageTimes(self.corrector.decode_ms(self.raw_decode_ms(info, key, decode)),
                           self.corrector.preprocess_ms(self.preprocess_baseline.get(key, 0.0)),
                           self.corrector.model_ms(key, c.p95_ms))
 
@@ -78,11 +79,11 @@ class Predictor:
 
     def observe(self, info: VideoInfo, key: Key, decode_ms: float | None = None,
                 preprocess_ms: float | None = None, model_ms: float | None = None,
-                batch: int = 1) -> None:
+                batch: int = 1, decode: str = "exact") -> None:
         """What one request took (a stage left out was not measured)."""
         c = self.configs[key]
         if decode_ms is not None:
-            self.corrector.observe_decode(decode_ms, self.raw_decode_ms(info, key))
+            self.corrector.observe_decode(decode_ms, self.raw_decode_ms(info, key, decode))
         if preprocess_ms is not None and self.preprocess_baseline.get(key):
             self.corrector.observe_preprocess(preprocess_ms, self.preprocess_baseline[key])
         if model_ms is not None:

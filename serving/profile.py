@@ -395,18 +395,20 @@ def profile_decode(frames: Sequence[int], short_sides: Sequence[int], *,
     its to_dict() plus "samples" (the measurements) and "videos" (how they were made)."""
     with tempfile.TemporaryDirectory(prefix="stretchysnake-decode-") as tmp:
         paths = write_test_videos(Path(tmp), video_sides, durations, codecs)
-        progress = Progress(len(paths) * len(frames) * len(short_sides), "decode",
+        progress = Progress(2 * len(paths) * len(frames) * len(short_sides), "decode",
                             enabled=show_progress)
         try:
             samples = measure_decode(paths, frames, short_sides, repeats, budget_s, progress)
         finally:
             progress.close()
     model = DecodeModel.fit_samples(samples)
-    planned = len(paths) * len(frames) * len(short_sides)
+    planned = len(paths) * len(frames) * len(short_sides)  # exact; keyframe where it applies
+    exact = sum(s["decode"] == "exact" for s in samples)
     return {**model.to_dict(), "videos": {"short_sides": list(video_sides),
                                           "durations_s": list(durations), "codecs": list(codecs),
-                                          "repeats": repeats, "measured": len(samples),
-                                          "planned": planned},
+                                          "repeats": repeats, "measured": exact,
+                                          "planned": planned,
+                                          "keyframe_measured": len(samples) - exact},
             "samples": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()}
                         for s in samples]}
 

@@ -29,8 +29,9 @@ def rounded(v: float | None, nd: int = 3):
     return None if v is None else round(float(v), nd)
 
 
-def config_dict(c: ProfiledConfig) -> dict:
-    return {"frames": c.frames, "pixels": c.pixels, "patch": c.patch, "tokens": c.tokens}
+def config_dict(c: ProfiledConfig, decode: str = "exact") -> dict:
+    return {"frames": c.frames, "pixels": c.pixels, "patch": c.patch, "tokens": c.tokens,
+            "decode": decode}
 
 
 def video_dict(info: VideoInfo) -> dict:
@@ -49,7 +50,7 @@ def timings(request: Request, now: float) -> dict:
     t["queue"] = rounded(max(0.0, waited))
     t.update({k: rounded(v) for k, v in job.ms.items()})
     t["total"] = rounded((now - job.arrival) * 1e3)
-    p = job.predicted[request.option.key]
+    p = job.predicted[request.option.key, request.option.decode]
     t["predicted"] = {"decode": rounded(p.decode), "preprocess": rounded(p.preprocess),
                       "model": rounded(p.model),
                       "total": rounded(request.predicted_finish - request.arrival)}
@@ -59,7 +60,7 @@ def timings(request: Request, now: float) -> dict:
 def _overrun(request: Request) -> str:
     """The stage that took longest beyond what the choice assumed."""
     job: Job = request.payload
-    p = job.predicted[request.option.key]
+    p = job.predicted[request.option.key, request.option.decode]
     foreseen_wait = request.predicted_finish - request.decode_start - p.total
     over = {"decode": job.ms["decode"] - p.decode,
             "preprocess": job.ms["preprocess"] - p.preprocess,
@@ -86,9 +87,9 @@ def answer(request: Request, configs: Mapping[Key, ProfiledConfig], policy: str,
     feasible = gflops_ok and not request.late
     return {
         "labels": job.labels,
-        "config": config_dict(c),
+        "config": config_dict(c, request.option.decode),
         "gflops": round(c.gflops, 6),
-        "accuracy": c.accuracy,
+        "accuracy": c.accuracy_for(request.option.decode),
         "timing_ms": t,
         "budget": {"ms": options.budget_ms, "gflops": options.budget_gflops,
                    "met": ms_ok and gf_ok, "feasible": feasible, "strict": options.strict,
@@ -97,7 +98,8 @@ def answer(request: Request, configs: Mapping[Key, ProfiledConfig], policy: str,
                       "policy": policy, "candidates": len(request.options),
                       "spent_before_selection_ms": rounded(request.decode_start - request.arrival),
                       "slack_ms": rounded(request.slack_ms), "batch": request.batch_size,
-                      "frames_decoded": job.stats.frames_decoded, "seeks": job.stats.seeks},
+                      "frames_decoded": job.stats.frames_decoded, "seeks": job.stats.seeks,
+                      "keyframes_used": job.stats.keyframes_used},
         "video": video_dict(job.info),
     }
 
@@ -105,7 +107,7 @@ def answer(request: Request, configs: Mapping[Key, ProfiledConfig], policy: str,
 def explain(request: Request, c: ProfiledConfig, options: Options, gflops_ok: bool) -> str:
     """Why this configuration, in the terms of the budget."""
     job: Job = request.payload
-    p = job.predicted[c.key]
+    p = job.predicted[c.key, request.option.decode]
     parts = []
     if options.budget_ms is not None:
         finish = request.predicted_finish - request.arrival

@@ -12,6 +12,9 @@ A profile table is JSON, one per device (``profiles/NAME.json``)::
                                                       # model time only, batch 1; p50 <= p95 <= p99
          "accuracy": number in [0, 1] or null,        # top-1 from the Pareto benchmark;
                                                       # null or missing = unknown
+         "accuracy_by_decode": {"keyframe": number in [0, 1] or null},
+                                                      # optional: top-1 when decoded in another
+                                                      # mode than "exact" (video.decode_frames)
          ...}                                         # more keys allowed, kept by to_dict()
       ],
       "decode_model": {...}                           # optional (object or null), opaque here
@@ -42,6 +45,8 @@ ACCURACY_TIE = 1e-9  # accuracies this close are equal: the faster config wins
 _INTS = ("frames", "pixels", "patch", "tokens")
 _PCTS = ("p50", "p95", "p99")
 _TOP = ("meta", "configs", "decode_model")
+# video.DECODE_MODES past "exact" (the selector imports nothing but the standard library)
+OTHER_DECODE_MODES = ("keyframe",)
 
 
 class ProfileError(ValueError):
@@ -97,6 +102,18 @@ def _check_config(c, path: str, errors: list[str]) -> None:
     acc = c.get("accuracy")
     if acc is not None and not (_is_num(acc) and 0 <= acc <= 1):
         errors.append(f"{path}.accuracy: must be a number in [0, 1] or null, got {acc!r}")
+    by_decode = c.get("accuracy_by_decode")
+    if by_decode is not None:
+        if not isinstance(by_decode, dict):
+            errors.append(f"{path}.accuracy_by_decode: must be an object, got {by_decode!r}")
+        else:
+            for mode, v in by_decode.items():
+                if mode not in OTHER_DECODE_MODES:
+                    errors.append(f"{path}.accuracy_by_decode.{mode}: unknown decode mode "
+                                  f"(known: {', '.join(OTHER_DECODE_MODES)})")
+                elif v is not None and not (_is_num(v) and 0 <= v <= 1):
+                    errors.append(f"{path}.accuracy_by_decode.{mode}: must be a number in "
+                                  f"[0, 1] or null, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,12 @@ class ProfiledConfig:
     @property
     def key(self) -> Key:
         return (self.frames, self.pixels, self.patch)
+
+    def accuracy_for(self, decode: str) -> float | None:
+        """Top-1 when decoded in `decode` mode ("exact": `accuracy`)."""
+        if decode == "exact":
+            return self.accuracy
+        return (self.extra.get("accuracy_by_decode") or {}).get(decode)
 
     @classmethod
     def from_dict(cls, d: dict) -> ProfiledConfig:  # d already validated
@@ -211,6 +234,7 @@ class Option:
     gflops: float
     decode_ms: float      # decode + preprocess
     model_ms: float       # the model at batch 1
+    decode: str = "exact"  # how the frames are decoded (video.decode_frames' decode_mode)
 
     @property
     def total_ms(self) -> float:
@@ -230,6 +254,23 @@ def option_value(config: ProfiledConfig, table: ProfileTable) -> float:
         return 1.0
     share = config.gflops / max(c.gflops for c in table.configs)
     return share * (1e-3 if table.has_accuracy else 0.999)
+
+
+def decode_value(config: ProfiledConfig, table: ProfileTable, decode: str) -> float | None:
+    """option_value() of `config` decoded in `decode` mode, or None when it is not to be
+    offered: its measured accuracy in that mode where the table has one; in a table without
+    any accuracy, just under the exact mode's value (the same configuration with each frame
+    moved within its segment: worth about the same, chosen when it is the one that fits, or
+    the faster of two equals under load); else None (a table that measures accuracy does not
+    guess it)."""
+    if decode == "exact":
+        return option_value(config, table)
+    measured = config.accuracy_for(decode)
+    if measured is not None:
+        return measured
+    if table.has_accuracy:
+        return None
+    return option_value(config, table) * (1 - 1e-6)
 
 
 def native_key(table: ProfileTable) -> Key | None:
@@ -252,7 +293,7 @@ def select(finishes: Mapping[Option, float], deadline: float,
         return None
     best = max(o.value for o in on_time)
     tier = [o for o in on_time if o.value >= best - max(near, ACCURACY_TIE)]
-    return min(tier, key=lambda o: (finishes[o], o.gflops, o.key))
+    return min(tier, key=lambda o: (finishes[o], o.gflops, o.key, o.decode))
 
 
 def within_gflops(options: Sequence[Option], budget_gflops: float | None

@@ -38,7 +38,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import attrs
 import bentoml
@@ -52,6 +52,7 @@ from serving.auth import METRICS, PROTECTED, ApiKeyMiddleware
 from serving.errors import NotReady
 from serving.handler import ClassifyHandler, Loader
 from serving.options import DEFAULT_TOP_K, NAMES
+from video import DECODE_MODES
 from serving.settings import Settings, SettingsError
 from serving.timeout import install as install_timeout_fix
 
@@ -76,6 +77,10 @@ class ClassifyInput(bentoml.IODescriptor):
     frames: Optional[int] = Field(None, ge=1, description="only configurations with these frames")
     pixels: Optional[int] = Field(None, ge=1, description="only configurations of this frame size")
     patch: Optional[int] = Field(None, ge=1, description="only configurations with this patch")
+    decode: Optional[Literal["exact", "keyframe"]] = Field(
+        None, description="only this decode mode: exact (each segment's sampled frame) or "
+                          "keyframe (the keyframe nearest it, where each segment holds one); "
+                          "default: whichever fits the budget best")
 
     @classmethod
     async def from_http_request(cls, request, serde):
@@ -94,6 +99,7 @@ class Config(BaseModel):
     pixels: int
     patch: int
     tokens: int
+    decode: str = Field(description="exact or keyframe (video.decode_frames' decode_mode)")
 
 
 class Budget(BaseModel):
@@ -179,6 +185,8 @@ class _Service(bentoml.Service):
             _param("strict", {"type": "boolean", "default": False}, fields["strict"].description),
             *(_param(n, {"type": "integer", "minimum": 1}, fields[n].description)
               for n in ("frames", "pixels", "patch")),
+            _param("decode", {"type": "string", "enum": list(DECODE_MODES)},
+                   fields["decode"].description),
         ]
         key = _api_key_settings()
         if key is not None:  # Swagger UI's "Authorize" button, and the 401 documented
@@ -336,9 +344,11 @@ class StretchySnake:
                        budget_ms: Optional[float] = None, budget_gflops: Optional[float] = None,
                        top_k: Optional[int] = DEFAULT_TOP_K, strict: Optional[bool] = False,
                        frames: Optional[int] = None, pixels: Optional[int] = None,
-                       patch: Optional[int] = None) -> ClassifyOutput:
+                       patch: Optional[int] = None,
+                       decode: Optional[str] = None) -> ClassifyOutput:
         """Classify a video under a latency (`budget_ms`) or compute (`budget_gflops`) budget:
-        the most accurate profiled (frames, pixels, patch) configuration predicted to fit runs.
+        the most accurate profiled (frames, pixels, patch) configuration and decode mode
+        predicted to fit runs.
         Options come from the query string and/or the form (the arguments here only document
         them: the handler reads the request itself)."""
         answer = await self.handler.handle(ctx.request)

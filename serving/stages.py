@@ -39,7 +39,7 @@ class Job:
     arrival: float                      # time.perf_counter() seconds
     probe_s: float                      # what opening the video took (counts against decoding)
     stages_ms: dict                     # measured before the scheduler: upload, probe
-    predicted: dict[Key, StageTimes]    # per candidate configuration, at submission
+    predicted: dict[tuple[Key, str], StageTimes]  # per candidate (configuration, decode mode)
     within_gflops: bool = True          # False: no configuration fits budget_gflops
     input: torch.Tensor | None = None   # the preprocessed clip, between decode and model
     labels: list | None = None          # [{"label", "score"}], top-k
@@ -68,15 +68,17 @@ class Stages:
     def decode(self, request: Request) -> None:
         job: Job = request.payload
         frames, pixels, _ = key = request.option.key
+        mode = request.option.decode
         t0 = time.perf_counter()
         raw = self.decoder.decode_frames(job.path, frames, short_side=pixels, info=job.info,
-                                         limits=self.decode_limits(job.probe_s), stats=job.stats)
+                                         limits=self.decode_limits(job.probe_s), stats=job.stats,
+                                         decode_mode=mode)
         t1 = time.perf_counter()
         job.input = preprocess(raw, pixels)[None]
         t2 = time.perf_counter()
         job.ms["decode"], job.ms["preprocess"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         self.predictor.observe(job.info, key, decode_ms=job.ms["decode"],
-                               preprocess_ms=job.ms["preprocess"])
+                               preprocess_ms=job.ms["preprocess"], decode=mode)
 
     def model(self, batch: Sequence[Request]) -> None:
         """One forward for the batch (its requests share a configuration)."""

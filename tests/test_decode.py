@@ -107,6 +107,10 @@ def test_probe_reads_metadata_without_decoding(clip):
     assert info.pix_fmt is None  # it would take decoding a picture, which opening no longer does
     assert info.size_bytes == clip.stat().st_size and not info.has_audio
     assert info.keyframes == 4 and info.keyframe_interval_s == pytest.approx(0.4)
+    assert info.keyframe_max_gap_s == pytest.approx(0.4)
+    with av.open(str(clip)) as c:  # the index's keyframe sizes are the keyframe packets'
+        keys = [p.size for p in c.demux(c.streams.video[0]) if p.is_keyframe and p.size]
+    assert info.keyframe_bytes == pytest.approx(sum(keys) / len(keys))
 
 
 class Unseekable(io.RawIOBase):

@@ -319,6 +319,26 @@ def test_decode_workload_matches_the_sparse_decoder_on_paper():
     assert decode_cost.decode_workload(meta, 200)["output_frames"] == 100  # never more than the video
 
 
+def test_keyframe_workload_is_one_keyframe_per_frame_where_every_segment_holds_one():
+    meta = {**_meta("h264", 240, 4.0, 0.48), "keyframes": 9, "keyframe_max_gap_s": 0.48,
+            "keyframe_bytes": 40_000}
+    assert decode_cost.keyframe_mode_applies(meta, 8)        # segments of 0.5 s
+    assert not decode_cost.keyframe_mode_applies(meta, 16)   # 0.25 s: some hold no keyframe
+    assert not decode_cost.keyframe_mode_applies({**meta, "keyframes": None}, 4)
+    w = decode_cost.decode_workload(meta, 8, decode="keyframe")
+    assert w["decoded_frames"] == w["seeks"] == 8
+    assert w["decoded_mbytes"] == pytest.approx(8 * 0.04)
+    # no keyframe sizes (Matroska's index): a share of a GOP's bytes
+    unsized = decode_cost.decode_workload({**meta, "keyframe_bytes": None}, 8, decode="keyframe")
+    assert unsized["decoded_mbytes"] == pytest.approx(8 * decode_cost.KEYFRAME_SHARE * 12 * 5e-3)
+    # where it does not apply, keyframe mode decodes (and costs) as exact
+    assert decode_cost.decode_workload(meta, 16, decode="keyframe") == \
+        decode_cost.decode_workload(meta, 16)
+    assert KNOWN.predict_meta(meta, 8, 112, "keyframe") < KNOWN.predict_meta(meta, 8, 112)
+    with pytest.raises(ValueError, match="decode"):
+        decode_cost.decode_workload(meta, 8, decode="fast")
+
+
 def test_decode_measurement_on_real_videos(tmp_path):
     paths = [decode_cost.write_test_video(tmp_path / "a.mp4", 48, 1.0, "libx264", gop=6, fps=12),
              decode_cost.write_test_video(tmp_path / "b.mp4", 64, 1.0, "mpeg4", gop=24, fps=12)]
@@ -326,13 +346,18 @@ def test_decode_measurement_on_real_videos(tmp_path):
     assert [(i.codec, i.coded_width, i.coded_height, i.num_frames) for i in infos] == \
         [("h264", 86, 48, 12), ("mpeg4", 114, 64, 12)]
     samples = decode_cost.measure_decode(paths, [2, 4, 8], [32], repeats=1)
-    assert len(samples) == 6 and all(s["ms"] > 0 and s["frames_decoded"] >= 1 for s in samples)
+    assert all(s["ms"] > 0 and s["frames_decoded"] >= 1 for s in samples)
+    # every video, frames and side exactly; by keyframes only where each segment holds one
+    # (a: a keyframe every 0.5 s, so 2 frames; b: one keyframe)
+    assert sorted((s["codec"], s["frames"], s["decode"]) for s in samples) == sorted(
+        [(c, t, "exact") for c in ("h264", "mpeg4") for t in (2, 4, 8)]
+        + [("h264", 2, "keyframe")])
     model = decode_cost.DecodeModel.fit_samples(samples)
     for info in infos:
         assert model.predict_ms(info, 4, 32) > 0
         assert model.predict_ms(info, 4) > 0
     fit = model.fit
-    assert fit["samples"] == 6 and fit["codecs"] == ["h264", "mpeg4"]
+    assert fit["samples"] == 7 and fit["codecs"] == ["h264", "mpeg4"]
     assert fit["median_abs_rel_error"] >= 0
     # the table accepts it as its decode_model
     table = {"meta": {"device": "x", "threads": 1, "torch": "t", "date": "d", "command": "c"},
@@ -347,7 +372,11 @@ def test_profile_decode_writes_the_table_key():
     d = prof.profile_decode([2, 4], [32], video_sides=(48,), durations=(1.0,), repeats=1,
                             show_progress=False)
     model = decode_cost.DecodeModel.from_dict(d)
-    assert d["videos"]["measured"] == d["videos"]["planned"] == 4 == len(d["samples"])
+    assert d["videos"]["measured"] == d["videos"]["planned"] == 4
+    # keyframe mode where 2 segments of 0.5 s each hold a keyframe (one every 0.48 s)
+    keyframe = [s for s in d["samples"] if s["decode"] == "keyframe"]
+    assert d["videos"]["keyframe_measured"] == len(keyframe) == 2
+    assert {(s["frames"], s["frames_decoded"]) for s in keyframe} == {(2, 2)}
     assert set(model.per_mpx_ms) == {"h264", "mpeg4"}
     assert "median_abs_rel_error" in d["fit"]
 

@@ -9,8 +9,9 @@ import random
 
 import pytest
 
-from serving.selector import (ACCURACY_TIE, Option, ProfileError, ProfileTable, option_value,
-                              select, within_gflops)
+from serving.selector import (ACCURACY_TIE, OTHER_DECODE_MODES, Option, ProfileError,
+                              ProfileTable, decode_value, option_value, select, within_gflops)
+from video import DECODE_MODES
 
 
 def cfg(frames, pixels, patch, gflops, p95, accuracy=None, tokens=None, **extra):
@@ -119,6 +120,28 @@ def test_near_options_count_as_equal_and_the_fastest_of_them_wins():
     assert select(options(t), 100.0, near=0.01).key == (8, 56, 8)
 
 
+def test_decode_modes_are_valued_by_what_was_measured():
+    """Keyframe decoding is worth its measured accuracy; unmeasured in a table that measures
+    accuracy it is not offered (None); in a table without any accuracy it ranks just under the
+    exact mode of the same configuration and above the next configuration."""
+    assert OTHER_DECODE_MODES == DECODE_MODES[1:]  # the selector's copy of video's modes
+    t = table(cfg(8, 224, 16, 45.0, 20.0, 0.80, accuracy_by_decode={"keyframe": 0.78}),
+              cfg(8, 128, 16, 15.0, 10.0, 0.70))
+    big, small = t.configs
+    assert decode_value(big, t, "exact") == 0.80 and decode_value(big, t, "keyframe") == 0.78
+    assert big.accuracy_for("keyframe") == 0.78 and small.accuracy_for("keyframe") is None
+    assert decode_value(small, t, "keyframe") is None
+    values = sorted(((decode_value(c, NO_ACC, m), c.key, m) for c in NO_ACC.configs
+                     for m in DECODE_MODES), reverse=True)
+    assert [(k, m) for _, k, m in values] == [
+        ((16, 224, 16), "exact"), ((16, 224, 16), "keyframe"), ((8, 224, 16), "exact"),
+        ((8, 224, 16), "keyframe"), ((8, 128, 16), "exact"), ((8, 128, 16), "keyframe")]
+    # exact and keyframe at the same value: the one that finishes first
+    fast = Option(big.key, 0.8, big.gflops, 5.0, 20.0, "keyframe")
+    slow = Option(big.key, 0.8, big.gflops, 50.0, 20.0, "exact")
+    assert select({fast: 25.0, slow: 70.0}, 100.0) is fast
+
+
 def test_within_gflops():
     opts = list(options(THREE))
     fit, ok = within_gflops(opts, 50.0)
@@ -190,6 +213,12 @@ MALFORMED = [
     (_set(["meta", "threads"], 0), "meta.threads: must be a positive integer, got 0"),
     (_set(["meta", "torch"], 2.13), "meta.torch: must be a string, got 2.13"),
     (_set(["decode_model"], [1]), "decode_model: must be an object or null"),
+    (_set(["configs", 0, "accuracy_by_decode"], {"keyframe": 2}),
+     "configs[0].accuracy_by_decode.keyframe: must be a number in [0, 1] or null, got 2"),
+    (_set(["configs", 0, "accuracy_by_decode"], {"fast": 0.5}),
+     "configs[0].accuracy_by_decode.fast: unknown decode mode"),
+    (_set(["configs", 0, "accuracy_by_decode"], [0.5]),
+     "configs[0].accuracy_by_decode: must be an object"),
     (_set(["config"], []), "config: unknown top-level key"),
 ]
 

@@ -26,6 +26,7 @@ from serving import engine as eng
 from serving import profile as prof
 from serving import tables
 from serving.correction import LatencyCorrector
+from serving.decode_cost import write_test_video
 from serving.errors import (BadParameters, BadRequest, BudgetInfeasible, PayloadTooLarge,
                             UploadTimeout)
 from serving.options import Options, parse_options
@@ -370,7 +371,7 @@ def test_openapi_documents_query_parameters_and_profile(server):
     post = spec["paths"]["/classify"]["post"]
     names = {p["name"] for p in post["parameters"] if p["in"] == "query"}
     assert names == {"budget_ms", "budget_gflops", "top_k", "strict", "frames", "pixels",
-                     "patch"}
+                     "patch", "decode"}
     assert {"413", "415", "422", "429"} <= set(map(str, post["responses"]))
     assert "multipart/form-data" in post["requestBody"]["content"]
     assert "get" in spec["paths"]["/profile"]
@@ -393,17 +394,19 @@ def _swagger_ui_form(video: bytes, values: dict) -> tuple[dict, bytes]:
 
 def test_swagger_ui_try_it_out_classifies_an_upload(server, assets):
     untouched = {"budget_ms": "null", "budget_gflops": "null", "top_k": "5", "strict": "false",
-                 "frames": "null", "pixels": "null", "patch": "null"}
+                 "frames": "null", "pixels": "null", "patch": "null", "decode": "null"}
     headers, body = _swagger_ui_form(assets["clip_bytes"], untouched)
     r = server["client"].post("/classify", content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert len(r.json()["labels"]) == len(LABELS) and r.json()["budget"]["ms"] is None
     # a budget typed in, other fields typed in and cleared
-    edited = untouched | {"budget_ms": "50", "top_k": "2", "frames": "", "patch": ""}
+    edited = untouched | {"budget_ms": "50", "top_k": "2", "frames": "", "patch": "",
+                          "decode": '"exact"'}
     headers, body = _swagger_ui_form(assets["clip_bytes"], edited)
     r = server["client"].post("/classify", content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["budget"]["ms"] == 50 and len(r.json()["labels"]) == 2
+    assert r.json()["config"]["decode"] == "exact"
     # a bad value typed in is still a 422 that names it
     headers, body = _swagger_ui_form(assets["clip_bytes"], untouched | {"top_k": "0"})
     r = server["client"].post("/classify", content=body, headers=headers)
@@ -618,6 +621,47 @@ def engine(assets):
     settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True,
                         profile=assets["profile"], tmpdir=assets["root"] / "engine-tmp")
     return eng.Engine.start(settings, warmup_runs=1)
+
+
+def test_keyframe_decoding_is_an_option_where_it_applies_and_is_measured(engine, assets,
+                                                                         tmp_path):
+    """decode_mode "keyframe" is offered for a video whose every sampling segment holds a
+    keyframe, once the table has measured its accuracy; chosen, it decodes one keyframe per
+    frame, and the answer says which mode ran and its accuracy."""
+    halves = write_test_video(tmp_path / "gop_half_s.mp4", 48, 4.0, gop=6, fps=12)
+    single = write_test_video(tmp_path / "one_keyframe.mp4", 48, 4.0, gop=250, fps=12)
+    info, _ = engine.probe(halves)
+    # this table measures accuracy but not in keyframe mode: nothing is guessed
+    assert {mode for _, mode, _ in engine.offers(info, Options())} == {"exact"}
+
+    table = json.loads(assets["profile"].read_text())
+    for c in table["configs"]:
+        c["accuracy_by_decode"] = {"keyframe": c["accuracy"] - 0.01}
+    measured = assets["root"] / "profile-keyframe.json"
+    measured.write_text(json.dumps(table))
+    settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True, profile=measured,
+                        tmpdir=assets["root"] / "engine-keyframe-tmp")
+    keyed = eng.Engine.start(settings, warmup_runs=1)
+    try:
+        offers = keyed.offers(info, Options())
+        # 8 segments of 0.5 s each hold a keyframe; 16 segments of 0.25 s do not
+        assert {(k[0], mode) for k, mode, _ in offers if mode == "keyframe"} == {(4, "keyframe"),
+                                                                                (8, "keyframe")}
+        assert all(v == keyed.configs[k].accuracy - 0.01 for k, mode, v in offers
+                   if mode == "keyframe")
+        one_info, _ = keyed.probe(single)
+        assert {mode for _, mode, _ in keyed.offers(one_info, Options())} == {"exact"}
+
+        out = keyed.classify(halves, Options(frames=8, pixels=112, decode="keyframe"))
+        assert out["config"]["decode"] == "keyframe"
+        assert out["selection"]["keyframes_used"] == 8 and out["selection"]["frames_decoded"] == 8
+        assert out["accuracy"] == pytest.approx(0.69)
+        exact = keyed.classify(halves, Options(frames=8, pixels=112, decode="exact"))
+        assert exact["config"]["decode"] == "exact" and exact["accuracy"] == pytest.approx(0.7)
+        assert exact["selection"]["keyframes_used"] == 0
+        assert exact["selection"]["frames_decoded"] > 8
+    finally:
+        keyed.close()
 
 
 def test_engine_classifies_selects_and_corrects_online(engine, assets):

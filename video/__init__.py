@@ -10,7 +10,7 @@ A source is a path, bytes-like, or a binary file object. Bad inputs raise the ty
 and torch only where it is needed (preprocess, load_clip). `video.isolation.DecodePool` runs
 probe and decode in child processes with hard time and memory bounds (the server's default).
 """
-from .decode import DecodeStats, decode_frames, load_clip
+from .decode import DECODE_MODES, DecodeStats, decode_frames, load_clip
 from .errors import (CorruptVideo, DecodeMemoryExceeded, DecodeTimeout, FrameTooLarge,
                      LimitExceeded, NotAVideo, NoVideoStream, TooLarge, TooLong, UnsupportedCodec,
                      VideoError)
@@ -21,7 +21,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 __all__ = [
     "probe", "decode_frames", "load_clip", "preprocess", "sample_times", "frame_indices", "VideoInfo", "Limits",
-    "DecodeStats", "IMAGENET_MEAN", "IMAGENET_STD",
+    "DecodeStats", "DECODE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",
     "VideoError", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "CorruptVideo",
     "LimitExceeded", "TooLarge", "TooLong", "FrameTooLarge", "DecodeTimeout",
     "DecodeMemoryExceeded",

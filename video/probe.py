@@ -50,6 +50,8 @@ class VideoInfo:
     stream_index: int            # which stream of the container is the video
     time_base: Fraction          # of the stream's timestamps
     start_pts: int               # timestamp of the first frame, in time_base units
+    keyframe_max_gap_s: float | None = None  # largest distance between indexed keyframes
+    keyframe_bytes: float | None = None      # mean size of an indexed keyframe (MP4 says)
 
     @property
     def frame_area(self) -> int:
@@ -130,7 +132,7 @@ def probe_container(container, src: Source) -> VideoInfo:
         angle = rot.legacy_rotate_tag(stream.metadata) or 0
     shown_w, shown_h = (height, width) if angle in (90, 270) else (width, height)
 
-    keyframes, interval = _keyframe_stats(stream, time_base)
+    keys = _keyframe_stats(stream, time_base)
     bit_rate = container.bit_rate or getattr(stream, "bit_rate", None) or None
     return VideoInfo(
         duration_s=duration, fps=fps, num_frames=frames, num_frames_exact=exact,
@@ -138,8 +140,9 @@ def probe_container(container, src: Source) -> VideoInfo:
         codec=ctx.name, pix_fmt=ctx.pix_fmt, container=container.format.name, bit_rate=bit_rate,
         has_audio=any(s.type == "audio" for s in container.streams), size_bytes=src.size,
         sample_aspect_ratio=stream.sample_aspect_ratio or None,
-        keyframes=keyframes, keyframe_interval_s=interval, stream_index=stream.index,
-        time_base=time_base, start_pts=start_pts)
+        keyframes=keys.count, keyframe_interval_s=keys.interval_s, stream_index=stream.index,
+        time_base=time_base, start_pts=start_pts, keyframe_max_gap_s=keys.max_gap_s,
+        keyframe_bytes=keys.mean_bytes)
 
 
 def _stream_duration(container, stream, time_base: Fraction) -> float | None:
@@ -166,16 +169,29 @@ def _parse_clock(text: str | None) -> float | None:
     return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
 
 
-def _keyframe_stats(stream, time_base: Fraction) -> tuple[int | None, float | None]:
-    """Keyframe count and mean spacing from the container index, when it is small enough to
-    scan in a few milliseconds (MP4 lists every sample; Matroska's cues list keyframes)."""
+@dataclasses.dataclass(frozen=True)
+class _Keyframes:
+    count: int | None = None
+    interval_s: float | None = None
+    max_gap_s: float | None = None
+    mean_bytes: float | None = None
+
+
+def _keyframe_stats(stream, time_base: Fraction) -> _Keyframes:
+    """Keyframe count, mean and largest spacing, and mean size from the container index, when
+    it is small enough to scan in a few milliseconds (MP4 lists every sample with its size;
+    Matroska's cues list keyframes, without sizes)."""
     entries = getattr(stream, "index_entries", None)  # PyAV >= 17
     n = len(entries) if entries is not None else 0
     if n == 0 or n > _INDEX_SCAN_MAX:
-        return None, None
-    stamps = [e.timestamp for e in entries if e.is_keyframe]
-    if not stamps:
-        return None, None
-    if len(stamps) < 2:
-        return len(stamps), None
-    return len(stamps), float((stamps[-1] - stamps[0]) * time_base) / (len(stamps) - 1)
+        return _Keyframes()
+    keys = [(e.timestamp, e.size) for e in entries if e.is_keyframe]
+    if not keys:
+        return _Keyframes()
+    sizes = [size for _, size in keys if size > 0]
+    mean_bytes = sum(sizes) / len(sizes) if len(sizes) == len(keys) else None
+    if len(keys) < 2:
+        return _Keyframes(len(keys), mean_bytes=mean_bytes)
+    stamps = sorted(t for t, _ in keys)
+    gaps = [float((b - a) * time_base) for a, b in zip(stamps, stamps[1:])]
+    return _Keyframes(len(keys), sum(gaps) / len(gaps), max(gaps), mean_bytes)
