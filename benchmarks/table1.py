@@ -25,9 +25,12 @@ from model import load_checkpoint  # noqa: E402
 from model.flex import static_tokens_patch  # noqa: E402
 from training.data import load_samples  # noqa: E402
 from training.evaluate import top1_many  # noqa: E402
+from video import DECODE_MODES  # noqa: E402
 
-def evaluate_grid(models: dict, samples, classes, frames_list, pixels_list, batch_size=16):
-    """top-1 (%) of every (model, patch rule) at every (frames, pixels)."""
+def evaluate_grid(models: dict, samples, classes, frames_list, pixels_list, batch_size=16,
+                  decode_mode="exact"):
+    """top-1 (%) of every (model, patch rule) at every (frames, pixels), decoding in
+    `decode_mode` (video.decode_frames)."""
     runs, rows = [], []
     for frames in frames_list:
         for pixels in pixels_list:
@@ -35,7 +38,8 @@ def evaluate_grid(models: dict, samples, classes, frames_list, pixels_list, batc
                 patch = net.config.patch_size if rule == "native" else static_tokens_patch(pixels, net.config.grid_size)
                 runs.append((net, frames, pixels, patch))
                 rows.append({"model": name, "frames": frames, "pixels": pixels, "patch": patch})
-    scores = top1_many(runs, samples, classes, batch_size, log=lambda m: print(" ", m, file=sys.stderr))
+    scores = top1_many(runs, samples, classes, batch_size, decode_mode=decode_mode,
+                       log=lambda m: print(" ", m, file=sys.stderr))
     return [{**row, "top1": 100 * score} for row, score in zip(rows, scores)]
 
 
@@ -93,6 +97,10 @@ def main():
     ap.add_argument("--frames", default="4,8,16,32")
     ap.add_argument("--pixels", default="56,84,112,168,224")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--decode-mode", choices=DECODE_MODES, default="exact",
+                    help="exact, or keyframe: each frame the keyframe nearest it in its segment "
+                         "(on clips with keyframes that frequent: python -m video.synthetic "
+                         "--gop 8); writes table1_keyframe.*")
     ap.add_argument("--write-evaluation", action="store_true",
                     help="write each checkpoint's evaluation.json (the bundled checkpoints' own record)")
     args = ap.parse_args()
@@ -104,7 +112,8 @@ def main():
     snake, vanilla = load_checkpoint(args.stretchysnake), load_checkpoint(args.vanilla)
     models = {"StretchySnake": (snake, "static_tokens"), "vanilla": (vanilla, "native"),
               "vanilla (static-tokens patch)": (vanilla, "static_tokens")}
-    rows = evaluate_grid(models, samples, classes, frames_list, pixels_list)
+    rows = evaluate_grid(models, samples, classes, frames_list, pixels_list,
+                         decode_mode=args.decode_mode)
 
     table = []
     for name in models:
@@ -121,11 +130,13 @@ def main():
                "vanilla_best": max(vanilla_scores), "vanilla_worst": min(vanilla_scores),
                "vanilla_largest_drop": max(vanilla_scores) - min(vanilla_scores)}
     print_table([{"measure": k, "top1": v} for k, v in summary.items()], ["measure", "top1"])
-    name = "table1_quick" if args.quick else "table1"
+    name = "table1" + ("" if args.decode_mode == "exact" else f"_{args.decode_mode}") \
+        + ("_quick" if args.quick else "")
     save(f"{name}.json", {"frames": frames_list, "pixels": pixels_list, "test_clips": len(samples),
+                          "decode_mode": args.decode_mode, "data": str(args.data),
                           "rows": rows, "summary": summary})
     plot(rows, frames_list, pixels_list, RESULTS / f"{name}.png")
-    if args.write_evaluation and not args.quick:
+    if args.write_evaluation and not args.quick and args.decode_mode == "exact":
         for net, path, rules in ((snake, args.stretchysnake, {"StretchySnake": "static_tokens"}),
                                  (vanilla, args.vanilla, {"vanilla": "native",
                                                           "vanilla (static-tokens patch)": "static_tokens"})):

@@ -96,3 +96,35 @@ def test_whole_run_writes_results_and_merges_accuracy(tiny_world):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
         pareto.main(["--checkpoint", f"x={tmp_path / 'nope'}", "--out-dir", str(tmp_path)])
+
+
+def test_keyframe_run_merges_the_keyframe_accuracy_where_every_segment_has_a_keyframe(tiny_world):
+    """--decode-mode keyframe on clips with a keyframe every 0.25 s (1 s clips): its top-1 is the
+    keyframe decoder's, merged as accuracy_by_decode.keyframe at 2 and 4 frames (segments of
+    0.5 and 0.25 s) but not at 8 (0.125 s), leaving the exact accuracy alone."""
+    root, (a, _), profile, configs = tiny_world
+    data = root / "gop4"
+    generate(str(data), 18, seed=3, size=64, frames=16, workers=1, classes=CLASSES[:3],
+             progress=False, gop=4)
+    before = {c.key: c.accuracy for c in ProfileTable.load(profile).configs}
+    out = root / "results-keyframe"
+    payload = pareto.main(["--checkpoint", f"first={a}", "--data", str(data / "manifest.csv"),
+                           "--profile", str(profile), "--out-dir", str(out), "--batch-size", "4",
+                           "--decode-mode", "keyframe"])
+    assert payload["decode_mode"] == "keyframe" and (out / "pareto_keyframe.json").exists()
+    from model import load_checkpoint
+    from video import load_clip
+    net = load_checkpoint(a).eval()
+    samples, classes = load_samples(data / "manifest.csv", "test")
+    with torch.no_grad():
+        hits = [net(load_clip(s.path, 4, 32, decode_mode="keyframe")[None], patch=16).argmax().item()
+                == classes.index(s.label) for s in samples]
+    row = next(r for r in payload["rows"] if (r["frames"], r["pixels"], r["patch"]) == (4, 32, 16))
+    assert row["top1"] == pytest.approx(sum(hits) / len(hits))
+    merged = ProfileTable.load(profile)
+    by_key = {c.key: c for c in merged.configs}
+    assert {k for k, c in by_key.items() if c.accuracy_for("keyframe") is not None} == \
+        {k for k in configs if k[0] <= 4}
+    assert by_key[(4, 32, 16)].accuracy_for("keyframe") == pytest.approx(row["top1"])
+    assert {k: c.accuracy for k, c in by_key.items()} == before
+    assert "keyframe" in json.loads(profile.read_text())["meta"]["accuracy_by_decode"]

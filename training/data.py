@@ -101,11 +101,15 @@ class ClipDataset(Dataset):
 
     cache=True decodes each video once, every frame at its own size, and then samples and
     resizes from memory (training revisits every clip each epoch, at changing configurations;
-    a 64-frame 128 px clip is 3 MB). Without it every item is a sparse decode (load_clip)."""
+    a 64-frame 128 px clip is 3 MB). Without it every item is a sparse decode (load_clip), in
+    `decode_mode` (video.decode_frames; "keyframe" needs the sparse decode, not the cache)."""
 
     def __init__(self, samples: list[Sample], classes: list[str], mode: str = "test", seed: int = 0,
-                 cache: bool = False):
+                 cache: bool = False, decode_mode: str = "exact"):
+        if cache and decode_mode != "exact":
+            raise ValueError("the cache decodes every frame: decode_mode must be 'exact' with it")
         self.samples, self.classes, self.mode, self.seed = samples, classes, mode, seed
+        self.decode_mode = decode_mode
         self.class_index = {name: i for i, name in enumerate(classes)}
         self.cache: dict[int, tuple[float, np.ndarray]] | None = {} if cache else None
         self.limits = Limits.unlimited()  # our own dataset on a busy machine: no decode-time limit
@@ -118,7 +122,8 @@ class ClipDataset(Dataset):
         sample = self.samples[index]
         rng = np.random.default_rng((self.seed, *epoch, index)) if self.mode == "train" else None
         if self.cache is None:
-            clip = load_clip(sample.path, frames, pixels, mode=self.mode, rng=rng, limits=self.limits)
+            clip = load_clip(sample.path, frames, pixels, mode=self.mode, rng=rng,
+                             limits=self.limits, decode_mode=self.decode_mode)
         else:
             duration, all_frames = self._decoded(index)
             times = sample_times(duration, frames, self.mode, rng)

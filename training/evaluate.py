@@ -25,8 +25,8 @@ from model.flex import static_tokens_patch
 from .data import ClipDataset, load_samples
 
 
-def _loader(samples, classes, frames, pixels, batch_size, workers):
-    dataset = ClipDataset(samples, classes, mode="test")
+def _loader(samples, classes, frames, pixels, batch_size, workers, decode_mode="exact"):
+    dataset = ClipDataset(samples, classes, mode="test", decode_mode=decode_mode)
     keys = [(i, frames, pixels) for i in range(len(samples))]
     batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers)
@@ -51,9 +51,11 @@ def top1(net, samples, classes, frames, pixels, patch, batch_size=16, workers=0)
 
 
 @torch.inference_mode()
-def top1_many(runs, samples, classes, batch_size: int = 16, workers: int = 1, log=None) -> list[float]:
+def top1_many(runs, samples, classes, batch_size: int = 16, workers: int = 1, log=None,
+              decode_mode: str = "exact") -> list[float]:
     """top-1 of each run (net, frames, pixels, patch), in order; every clip is decoded once per
-    (frames, pixels) and shared by all the runs at that size (the expensive part on a CPU)."""
+    (frames, pixels), in `decode_mode`, and shared by all the runs at that size (the expensive
+    part on a CPU)."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, (_, frames, pixels, _) in enumerate(runs):
         by_size.setdefault((frames, pixels), []).append(i)
@@ -61,7 +63,8 @@ def top1_many(runs, samples, classes, batch_size: int = 16, workers: int = 1, lo
     for done, ((frames, pixels), members) in enumerate(by_size.items(), 1):
         for net, *_ in (runs[i] for i in members):
             net.eval()
-        for clips, labels in _loader(samples, classes, frames, pixels, batch_size, workers):
+        for clips, labels in _loader(samples, classes, frames, pixels, batch_size, workers,
+                                     decode_mode):
             for i in members:
                 net, _, _, patch = runs[i]
                 device = next(net.parameters()).device

@@ -148,14 +148,14 @@ def _check_arguments(num_frames, mode, short_side, times, decode_mode="exact") -
 
 def load_clip(source: VideoSource, frames: int, pixels: int, mode: str = "test", rng: Rng = None,
               limits: Limits | None = None, *, info: VideoInfo | None = None,
-              stats: DecodeStats | None = None) -> torch.Tensor:
+              stats: DecodeStats | None = None, decode_mode: str = "exact") -> torch.Tensor:
     """A network-ready clip: (3, frames, pixels, pixels) float32, ImageNet-normalised.
 
     `decode_frames(short_side=pixels)` then `preprocess` (centre crop + normalisation)."""
     from .transforms import preprocess
 
     raw = decode_frames(source, frames, mode=mode, rng=rng, limits=limits, short_side=pixels,
-                        info=info, stats=stats)
+                        info=info, stats=stats, decode_mode=decode_mode)
     return preprocess(raw, pixels)
 
 
