@@ -10,11 +10,14 @@ encode: H.264 with B-frames, a keyframe every `gop_s` seconds, at a phone's bit 
 its bits on nothing, which is why the picture has texture and grain).
 
     write_camera_clip("phone.mp4", 1920, 1080, seconds=10, fps=30, gop_s=1.0)
+    for spec in realistic_set():            # 480p to 4K, H.264/HEVC/VP9/AV1, rotated, ...
+        spec.write(directory)
 
 Standard PyAV and numpy only (the `video` package imports nothing else of the repository).
 """
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,10 +45,13 @@ PHONE_BITS_PER_PIXEL = 16e6 / (1920 * 1080 * 30)   # ~0.26 bit per pixel and fra
 
 def write_camera_clip(path, width: int, height: int, seconds: float, fps: float = 30,
                       gop_s: float = 1.0, codec: str = "libx264", bit_rate: int | None = None,
-                      preset: str = "veryfast", noise: float = 2.0, seed: int = 0) -> Path:
+                      preset: str = "veryfast", noise: float = 2.0, seed: int = 0,
+                      rotation: int = 0) -> Path:
     """Encode a hand-held camera clip (see the module docstring) into `path` (an .mp4 or
     .mkv/.webm for VP9 and AV1); returns the path. `gop_s`: seconds between keyframes;
-    `bit_rate`: bits per second (default: a phone's for this size and rate)."""
+    `bit_rate`: bits per second (default: a phone's for this size and rate); `rotation`:
+    degrees in the container's display matrix (a phone held upright stores landscape pictures
+    and 90)."""
     path = Path(path)
     width, height = width - width % 2, height - height % 2
     rng = np.random.default_rng(seed)
@@ -75,18 +81,109 @@ def write_camera_clip(path, width: int, height: int, seconds: float, fps: float 
             yield np.clip(image, 0, 255).astype(np.uint8)
 
     with av.open(str(path), mode="w") as container:
-        if codec in ("libx264", "libx265"):
-            params = {"preset": preset, "g": str(keyint), "keyint_min": str(keyint),
-                      "sc_threshold": "0"}
-            stream = container.add_stream(codec, rate=rate, options=params)
-        else:
-            stream = container.add_stream(codec, rate=rate)
+        stream = container.add_stream(codec, rate=rate, options=_encoder_options(codec, keyint,
+                                                                               preset))
+        if codec not in ("libx264", "libx265"):
             stream.codec_context.gop_size = keyint
         stream.bit_rate = bit_rate
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / rate
+        if rotation:
+            stream.set_display_rotation(rotation)
         encode_rgb(container, stream, pictures())
     return path
+
+
+def _encoder_options(codec: str, keyint: int, preset: str) -> dict:
+    """A fixed keyframe interval, and each encoder's fast settings (the pictures matter for
+    decoding, not the encoder's care)."""
+    if codec in ("libx264", "libx265"):
+        options = {"preset": preset, "g": str(keyint), "keyint_min": str(keyint),
+                   "sc_threshold": "0"}
+        if codec == "libx265":  # x265 has no keyint_min/sc_threshold options of its own
+            options = {"preset": "ultrafast",
+                       "x265-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:"
+                                      f"log-level=error"}
+        return options
+    if codec == "libvpx-vp9":
+        return {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+    if codec == "libsvtav1":
+        return {"preset": "12", "svtav1-params": f"keyint={keyint}:scd=0"}
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraClip:
+    """One clip of `realistic_set`: what `write` encodes, and the file name it uses."""
+
+    width: int
+    height: int
+    fps: float
+    seconds: float
+    gop_s: float
+    codec: str = "libx264"
+    rotation: int = 0
+
+    @property
+    def name(self) -> str:
+        ext = {"libvpx-vp9": "webm", "libsvtav1": "mkv"}.get(self.codec, "mp4")
+        rot = f"-rot{self.rotation}" if self.rotation else ""
+        return (f"{self.codec.removeprefix('lib')}-{self.width}x{self.height}-{self.fps:g}fps-"
+                f"{self.seconds:g}s-gop{self.gop_s:g}{rot}.{ext}")
+
+    def write(self, directory, seed: int = 0) -> Path:
+        """Encode into `directory` (once: an existing file is kept)."""
+        path = Path(directory) / self.name
+        if not path.exists():
+            part = path.with_name("part-" + path.name)
+            write_camera_clip(part, self.width, self.height, self.seconds, self.fps, self.gop_s,
+                              self.codec, seed=seed, rotation=self.rotation)
+            part.rename(path)
+        return path
+
+
+def realistic_set(encoders=None) -> list[CameraClip]:
+    """Camera- and phone-like clips for fitting and checking the decode-cost model: 480p to
+    1080p and one 4K, 24 to 60 fps, a keyframe every 0.5 to 10 s, H.264 (B-frames), HEVC, VP9
+    and AV1, 4 to 60 s, 4:3, 16:9, 21:9, square and rotated portrait. `encoders`: the codecs
+    this FFmpeg can encode (default: asked of PyAV); clips of other codecs are left out.
+    Ordered so that alternate clips (`[0::2]`, `[1::2]`) each hold every codec and size class:
+    one half to fit on, the other held out."""
+    clips = [
+        CameraClip(854, 480, 30, 8, 1.0),
+        CameraClip(640, 480, 24, 12, 2.0),
+        CameraClip(1280, 720, 30, 6, 1.0),
+        CameraClip(1280, 720, 60, 5, 0.5),
+        CameraClip(1920, 1080, 30, 5, 1.0),
+        CameraClip(1920, 1080, 30, 8, 2.0, rotation=90),
+        CameraClip(1920, 1080, 60, 4, 0.5),
+        CameraClip(1080, 1080, 30, 6, 2.0),
+        CameraClip(2560, 1080, 24, 4, 4.0),
+        CameraClip(960, 540, 25, 20, 5.0),
+        CameraClip(854, 480, 30, 60, 10.0),
+        CameraClip(1280, 720, 30, 10, 1.0, rotation=90),
+        CameraClip(1280, 720, 30, 5, 1.0, "libx265"),
+        CameraClip(854, 480, 24, 8, 2.0, "libx265", rotation=270),
+        CameraClip(1920, 1080, 30, 4, 1.0, "libx265"),
+        CameraClip(960, 540, 30, 6, 0.5, "libx265"),
+        CameraClip(1280, 720, 30, 4, 1.0, "libvpx-vp9"),
+        CameraClip(854, 480, 30, 8, 5.0, "libvpx-vp9"),
+        CameraClip(1280, 720, 30, 4, 1.0, "libsvtav1"),
+        CameraClip(640, 360, 24, 10, 2.0, "libsvtav1"),
+        CameraClip(3840, 2160, 24, 4, 1.0),
+        CameraClip(1440, 1080, 30, 6, 1.0),
+    ]
+    if encoders is None:
+        encoders = {c.codec for c in clips if _can_encode(c.codec)}
+    return [c for c in clips if c.codec in encoders]
+
+
+def _can_encode(codec: str) -> bool:
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:  # noqa: BLE001 - PyAV raises several kinds for an absent encoder
+        return False
+    return True
 
 
 def encode_rgb(container, stream, pictures) -> None:
