@@ -220,6 +220,21 @@ class DecodeModel:
                    {str(k): float(v) for k, v in per.items()}, dict(d.get("fit") or {}))
 
 
+def heldout_report(model: DecodeModel, samples: Sequence[Mapping]) -> dict:
+    """How well `model` predicts measurements it was not fitted on: the share within +-25%,
+    the median and 90th percentile of |predicted / measured - 1|, and the median signed error
+    (> 0: predicts too slow)."""
+    if not samples:
+        return {"samples": 0}
+    rel = np.array([model.predict_meta(s, s["frames"], s.get("pixels"), s.get("decode", "exact"))
+                    / s["ms"] - 1 for s in samples])
+    return {"samples": len(samples),
+            "within_25pct": round(float(np.mean(np.abs(rel) <= 0.25)), 4),
+            "median_abs_rel_error": round(float(np.median(np.abs(rel))), 4),
+            "p90_abs_rel_error": round(float(np.percentile(np.abs(rel), 90)), 4),
+            "median_rel_error": round(float(np.median(rel)), 4)}
+
+
 # ----------------------------------------------------------------------------- decode measurement
 def _even(v: float) -> int:
     return max(2, 2 * round(v / 2))

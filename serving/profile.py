@@ -70,8 +70,10 @@ from model import CheckpointError, build_model, count_flops, load_checkpoint
 from model.config import PRESETS, VideoMambaConfig
 from model.flex import static_tokens_patch
 from model.flops import tokens as count_tokens
-from .decode_cost import DecodeModel, measure_decode, write_test_videos
-from .selector import ProfileTable
+from video.camera import realistic_set
+
+from .decode_cost import DecodeModel, heldout_report, measure_decode, write_test_videos
+from .selector import ProfileError, ProfileTable
 
 Key = tuple[int, int, int]  # (frames, pixels, patch)
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -390,27 +392,60 @@ def profile_decode(frames: Sequence[int], short_sides: Sequence[int], *,
                    video_sides: Sequence[int] = (128, 240, 480),
                    durations: Sequence[float] = (2.0, 6.0),
                    codecs: Sequence[str] = ("libx264", "mpeg4"), repeats: int = 3,
-                   budget_s: float | None = 60.0, show_progress: bool = True) -> dict:
+                   budget_s: float | None = 60.0, show_progress: bool = True,
+                   camera_dir: Path | None = None) -> dict:
     """Write test videos to a temporary directory, time decoding them, fit a DecodeModel:
-    its to_dict() plus "samples" (the measurements) and "videos" (how they were made)."""
+    its to_dict() plus "samples" (the measurements) and "videos" (how they were made).
+
+    With `camera_dir`: also the camera- and phone-like clips of `video.camera.realistic_set`
+    (written there once, kept for the next run): the model is fitted on the test videos and
+    one half of them, and "heldout" reports its error on the other half side by side with the
+    model the test videos alone give (`heldout_report`). Their measurement has no time
+    budget."""
+    camera = realistic_set() if camera_dir is not None else []
     with tempfile.TemporaryDirectory(prefix="stretchysnake-decode-") as tmp:
         paths = write_test_videos(Path(tmp), video_sides, durations, codecs)
-        progress = Progress(2 * len(paths) * len(frames) * len(short_sides), "decode",
-                            enabled=show_progress)
+        if camera:
+            Path(camera_dir).mkdir(parents=True, exist_ok=True)
+            written = Progress(len(camera), "writing camera clips", enabled=show_progress)
+            camera_paths = []
+            for i, clip in enumerate(camera):
+                camera_paths.append(clip.write(camera_dir, seed=i))
+                written.update(i + 1, clip.name)
+            written.close()
+        jobs = 2 * len(frames) * len(short_sides)
+        progress = Progress(jobs * (len(paths) + len(camera)), "decode", enabled=show_progress)
         try:
             samples = measure_decode(paths, frames, short_sides, repeats, budget_s, progress)
+            fit_camera = held = []
+            if camera:
+                fit_camera = measure_decode(camera_paths[0::2], frames, short_sides, repeats,
+                                            progress=progress)
+                held = measure_decode(camera_paths[1::2], frames, short_sides, repeats,
+                                      progress=progress)
         finally:
             progress.close()
-    model = DecodeModel.fit_samples(samples)
+    today = DecodeModel.fit_samples(samples)
+    model = DecodeModel.fit_samples(samples + fit_camera) if camera else today
     planned = len(paths) * len(frames) * len(short_sides)  # exact; keyframe where it applies
     exact = sum(s["decode"] == "exact" for s in samples)
-    return {**model.to_dict(), "videos": {"short_sides": list(video_sides),
-                                          "durations_s": list(durations), "codecs": list(codecs),
-                                          "repeats": repeats, "measured": exact,
-                                          "planned": planned,
-                                          "keyframe_measured": len(samples) - exact},
-            "samples": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()}
-                        for s in samples]}
+    out = {**model.to_dict(), "videos": {"short_sides": list(video_sides),
+                                         "durations_s": list(durations), "codecs": list(codecs),
+                                         "repeats": repeats, "measured": exact,
+                                         "planned": planned,
+                                         "keyframe_measured": len(samples) - exact},
+           "samples": [_rounded(s) for s in samples + fit_camera]}
+    if camera:
+        out["videos"]["camera"] = {"fit": [c.name for c in camera[0::2]],
+                                   "heldout": [c.name for c in camera[1::2]]}
+        out["heldout"] = {"this_model": heldout_report(model, held),
+                          "test_videos_only": heldout_report(today, held),
+                          "samples": [_rounded(s) for s in held]}
+    return out
+
+
+def _rounded(sample: Mapping) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sample.items()}
 
 
 # ----------------------------------------------------------------------------- the table
@@ -533,8 +568,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-repeats", type=_positive_int, default=3)
     p.add_argument("--decode-seconds", type=_non_negative(float), default=60.0,
                    help="time budget of the decode measurement (its videos' encoding not counted)")
+    p.add_argument("--decode-camera", type=Path, metavar="DIR",
+                   help="also fit on camera- and phone-like clips (video.camera.realistic_set, "
+                        "written to DIR once: ~8 min on 2 cores) and report the error on a "
+                        "held-out half, beside the test videos' model")
+    p.add_argument("--decode-only", action="store_true",
+                   help="measure decoding only, into the existing table at --out (its "
+                        "configurations kept)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
+
+
+def heldout_table(heldout: Mapping) -> str:
+    """The decode models' errors on the held-out camera clips, one line each."""
+    lines = ["decode-time predictions on held-out camera clips (|predicted/measured - 1|):",
+             f"{'model':<18} {'samples':>7} {'within 25%':>10} {'median':>7} {'p90':>7} "
+             f"{'bias':>7}"]
+    for name in ("this_model", "test_videos_only"):
+        r = heldout[name]
+        lines.append(f"{name:<18} {r['samples']:>7} {r['within_25pct']:>10.0%} "
+                     f"{r['median_abs_rel_error']:>7.0%} {r['p90_abs_rel_error']:>7.0%} "
+                     f"{r['median_rel_error']:>+7.0%}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -565,13 +620,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                  + "; ".join(f"{s['frames']}f {s['pixels']}px p{s['patch']}: {s['reason']}"
                              for s in skipped[:5]))
     out = args.out or default_profile_path(device)
+    if args.decode_only and args.no_decode:
+        ap.error("--decode-only and --no-decode leave nothing to do")
+    if args.decode_only:
+        try:
+            existing = ProfileTable.load(out).to_dict()
+        except ProfileError as e:
+            ap.error(f"--decode-only needs a table at --out: {e}")
+        configs = [(c["frames"], c["pixels"], c["patch"]) for c in existing["configs"]]
 
     decode = None
     if not args.no_decode:
         pixels = sorted({px for _, px, _ in configs})
         decode = profile_decode(sorted({t for t, _, _ in configs}),
                                 sorted({pixels[0], pixels[-1]}), repeats=args.decode_repeats,
-                                budget_s=args.decode_seconds, show_progress=not args.quiet)
+                                budget_s=args.decode_seconds, show_progress=not args.quiet,
+                                camera_dir=args.decode_camera)
+        if "heldout" in decode:
+            print(heldout_table(decode["heldout"]))
+    if args.decode_only:
+        existing["decode_model"] = decode
+        existing["meta"]["decode_command"] = "python -m serving.profile " + shlex.join(argv)
+        write_table(existing, out)
+        print(f"wrote the decode model into {out}")
+        return 0
     table = build_table(
         net, configs, device=device, batch_sizes=args.batch_sizes, warmup=args.warmup,
         min_runs=args.min_runs, min_seconds=args.min_seconds, max_runs=args.max_runs,

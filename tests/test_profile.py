@@ -183,6 +183,53 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert f"wrote {out}" in captured.out and "4/4" in captured.err and "batch 2: 2/2 configurations" in captured.err
 
 
+def test_decode_only_refits_the_decode_model_of_a_table_and_keeps_its_configurations(tmp_path,
+                                                                                     capsys):
+    out = tmp_path / "table.json"
+    base = ["--preset", "nano", "--out", str(out), "--frames", "2,4", "--pixels", "32",
+            "--patches", "16", "--min-runs", "2", "--min-seconds", "0", "--warmup", "0",
+            "--threads", "1", "--quiet"]
+    assert prof.main(base + ["--no-decode"]) == 0
+    before = json.loads(out.read_text())
+    assert prof.main(base + ["--decode-only", "--decode-seconds", "0", "--decode-repeats", "1"]) == 0
+    after = json.loads(out.read_text())
+    assert after["configs"] == before["configs"] and before["decode_model"] is None
+    assert decode_cost.DecodeModel.from_dict(after["decode_model"]).fit["samples"] >= 2
+    assert "--decode-only" in after["meta"]["decode_command"]
+    assert f"wrote the decode model into {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        prof.main(base[:2] + ["--out", str(tmp_path / "none.json"), "--decode-only"])
+    assert "needs a table at --out" in capsys.readouterr().err
+
+
+def test_camera_clips_fit_half_and_report_the_other_half(tmp_path, monkeypatch):
+    """With camera clips the model is fitted on the test videos and alternate camera clips, and
+    the held-out report is that model's error (and the test videos' model's) on the others."""
+    from video.camera import CameraClip
+
+    clips = [CameraClip(160, 90, 24, 2, 0.5), CameraClip(128, 96, 30, 2, 1.0),
+             CameraClip(160, 90, 24, 2, 0.5, "libx265"), CameraClip(96, 128, 30, 2, 0.5,
+                                                                     rotation=90)]
+    monkeypatch.setattr(prof, "realistic_set", lambda: clips)
+    d = prof.profile_decode([2, 4], [32], video_sides=(48,), durations=(1.0,), repeats=1,
+                            show_progress=False, camera_dir=tmp_path / "camera")
+    assert d["videos"]["camera"] == {"fit": [clips[0].name, clips[2].name],
+                                     "heldout": [clips[1].name, clips[3].name]}
+    held = d["heldout"]["samples"]
+    assert {s["codec"] for s in held} == {"h264"}
+    assert {s["coded_width"] for s in held} == {128, 96} and {s["width"] for s in held} == {128}
+    assert {s["codec"] for s in d["samples"]} == {"h264", "mpeg4", "hevc"}  # fit: no held-out
+    model = decode_cost.DecodeModel.from_dict(d)
+    assert d["heldout"]["this_model"] == decode_cost.heldout_report(model, held)
+    assert d["heldout"]["test_videos_only"]["samples"] == len(held)
+    assert "this_model" in prof.heldout_table(d["heldout"])
+    # written once: a second run reuses the files
+    stamp = (tmp_path / "camera" / clips[0].name).stat().st_mtime_ns
+    prof.profile_decode([2], [32], video_sides=(48,), durations=(1.0,), repeats=1,
+                        show_progress=False, camera_dir=tmp_path / "camera")
+    assert (tmp_path / "camera" / clips[0].name).stat().st_mtime_ns == stamp
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "nano", "--frames", "4,x"], "comma-separated integers"),
     (["--preset", "nano", "--pixels", "0"], "positive integers"),
