@@ -299,8 +299,8 @@ def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Se
                    progress=None, decodes: Sequence[str] = ("exact", "keyframe")) -> list[dict]:
     """Median ms of decode_frames(path, T, short_side=P, info=probe(path), decode_mode=D) per
     video, T, P and D in `decodes` (keyframe mode only where keyframe_mode_applies: elsewhere it
-    is exact decoding), with the video's metadata (META_KEYS), frames, pixels, decode, ms and
-    what the decoder did (frames_decoded, seeks). The probe is not timed: the server probes
+    is exact decoding), with the file's name, the video's metadata (META_KEYS), frames, pixels,
+    decode, ms and what the decoder did (frames_decoded, seeks). The probe is not timed: the server probes
     before it selects. Stops early, with what it has, once budget_s seconds have passed; the
     jobs run in a seeded random order so that what it has still covers every video, T and P."""
     start = time.monotonic()
@@ -323,7 +323,8 @@ def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Se
             t0 = time.perf_counter()
             decode_frames(path, t, short_side=side, info=info, stats=stats, decode_mode=decode)
             times.append((time.perf_counter() - t0) * 1e3)
-        samples.append({**video_meta(info), "frames": t, "pixels": side, "decode": decode,
+        samples.append({"file": Path(path).name, **video_meta(info), "frames": t,
+                        "pixels": side, "decode": decode,
                         "ms": round(float(np.median(times)), 4),
                         "frames_decoded": stats.frames_decoded, "seeks": stats.seeks})
         if progress is not None:
