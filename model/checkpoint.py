@@ -7,7 +7,7 @@ Our format is a directory (tensors in safetensors, so loading it never runs code
     labels.json         class names, one per output of the head
 
 A public checkpoint is a torch.save file read with weights_only=True. Its configuration is
-derived from tensor shapes only, never from the file name (DESIGN.md section 4: a released
+derived from tensor shapes only, never from the file name (docs/design.md section 4: a released
 "f64" file holds a 32-frame temporal embedding).
 
 Either way the state dict is compared with the network it describes first, and every missing

@@ -1,7 +1,7 @@
 """The flexible VideoMamba network: one set of weights, any frames, frame size and patch size.
 
 Parameter names and the forward are exactly the public VideoMamba (OpenGVLab) video model, so
-its checkpoints load as they are (DESIGN.md section 4):
+its checkpoints load as they are (docs/design.md section 4):
 
     tokens = [cls, frame0 patches (row-major), frame1 ...]; cls + pos_embed[0]; patch tokens +
     spatial pos_embed[1:] + temporal_pos_embedding[t]

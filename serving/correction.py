@@ -1,4 +1,4 @@
-"""Online correction of latency predictions from what requests actually took (DESIGN.md
+"""Online correction of latency predictions from what requests actually took (docs/design.md
 section 6): the profile table was measured once, on an idle machine; the machine a request runs
 on may be busier, throttled or faster.
 

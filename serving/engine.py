@@ -10,7 +10,7 @@ whose video is probed and hand them to the scheduler, which decodes and runs the
                                     probe_s=probe_s)
     answer = future.result()            # or a ServiceError / VideoError raised
 
-The path of a request (DESIGN.md sections 2 and 6): probe (serving.stages) -> the candidate
+The path of a request (docs/design.md sections 2 and 6): probe (serving.stages) -> the candidate
 configurations with each stage's predicted time for this video (serving.predict) -> the
 scheduler (serving.scheduler, driven by serving.runner) chooses when and at which
 configuration it is decoded and run (serving.stages) -> the answer (serving.response).

@@ -1,7 +1,7 @@
 """One classify request from HTTP to JSON, independent of BentoML (a Starlette `Request` in, an
 `Answer` out), plus the background loader that makes the engine ready.
 
-The order of a request (DESIGN.md sections 2 and 6):
+The order of a request (docs/design.md sections 2 and 6):
 
     arrive -> 503 if the worker is draining (SIGTERM)
            -> an upload place (at most max_uploads per worker, else 429)

@@ -1,4 +1,4 @@
-"""Latency profiler: the profile table the budget selector reads (DESIGN.md sections 3 and 6).
+"""Latency profiler: the profile table the budget selector reads (docs/design.md sections 3 and 6).
 
     python -m serving.profile --checkpoint CKPT [--out profiles/NAME.json] [--device cpu|cuda]
         [--frames 4,8,16,32] [--pixels 56,112,224] [--patches 8,16] [--max-tokens N]

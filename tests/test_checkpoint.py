@@ -20,7 +20,7 @@ N_STATE, D_CONV = 16, 4
 
 # ----------------------------------------------------------------------------- public-layout files
 def public_shapes(c=C, depth=DEPTH, grid=GRID, frames=FRAMES, patch=PATCH, classes=CLASSES, imagenet=False):
-    """Key -> shape of a public VideoMamba checkpoint (DESIGN.md section 4), written out by hand."""
+    """Key -> shape of a public VideoMamba checkpoint (docs/design.md section 4), written out by hand."""
     e, r, n, k = 2 * c, math.ceil(c / 16), N_STATE, D_CONV
     shapes = {
         "cls_token": (1, 1, c),

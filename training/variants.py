@@ -1,5 +1,5 @@
 """The StretchySnake paper's flexible-training variants (plus vanilla): which (frames, pixels,
-patch) each training batch runs at. DESIGN.md section 5.
+patch) each training batch runs at. docs/design.md section 5.
 
 The paper's sets, for a native 16 frames x 224 px / patch 16 model, are frames {8, 16, 32, 64}
 and sizes {96, 128, 224, 384}; FlexiViT fixes 240 px with patches {8, ..., 48}; flex-all picks a
