@@ -623,6 +623,28 @@ def engine(assets):
     return eng.Engine.start(settings, warmup_runs=1)
 
 
+@pytest.mark.parametrize("frames, pixels, patch", [(8, 112, 16), (4, 56, 8)])
+def test_served_labels_are_the_models_softmax_on_the_same_clip(engine, assets, frames, pixels,
+                                                               patch):
+    """The answer's top-k against an independent path: the clip through video.load_clip and a
+    freshly loaded checkpoint at the same configuration (a wrong label index, normalisation,
+    crop or patch in the engine shows here)."""
+    from model import load_checkpoint
+    from video import load_clip
+
+    out = engine.classify(assets["clip"], Options(frames=frames, pixels=pixels, patch=patch,
+                                                  decode="exact", top_k=len(LABELS)))
+    assert (out["config"]["frames"], out["config"]["pixels"], out["config"]["patch"]) == \
+        (frames, pixels, patch)
+    net = load_checkpoint(assets["ckpt"]).eval()
+    with torch.no_grad():
+        probs = net(load_clip(assets["clip"], frames, pixels)[None], patch=patch).softmax(-1)[0]
+    expected = sorted(zip(net.labels, probs.tolist()), key=lambda item: -item[1])
+    assert [x["label"] for x in out["labels"]] == [name for name, _ in expected]
+    assert [x["score"] for x in out["labels"]] == pytest.approx([p for _, p in expected],
+                                                                abs=1e-5)
+
+
 def test_keyframe_decoding_is_an_option_where_it_applies_and_is_measured(engine, assets,
                                                                          tmp_path):
     """decode_mode "keyframe" is offered for a video whose every sampling segment holds a
