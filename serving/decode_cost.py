@@ -56,10 +56,12 @@ def decode_workload(meta: Mapping, frames: int, pixels: int | None = None,
     """What decoding `frames` segment-sampled frames of a video costs, in the model's units.
 
     decode_frames keeps decoding towards the next target unless a keyframe lies before it, then
-    seeks there. With s frames between targets and a keyframe every g frames: for s >= g every
-    target is a seek and g/2 frames on average; for s < g a keyframe falls in between with
-    probability s/g (a seek, then ~s/2 frames), else all s are decoded: s - s^2/2g per target.
-    No keyframe index counts as one GOP (everything decoded: pessimistic).
+    seeks there. The targets are the server's: segment middles (video.sample_times, "test"),
+    and with a keyframe every g frames (the index's mean spacing; one keyframe at the start
+    without an index) the reader's path is followed target by target (`_exact_path`): phones
+    and encoders place keyframes regularly, so where the middles fall in their GOPs is known,
+    not a matter of chance (8 s at 30 fps, a keyframe a second, 4 frames: every target is a
+    keyframe).
 
     decoded_frames  expected frames through the decoder (+SEEK_EXTRA_FRAMES per seek)
     decoded_mpx     decoded_frames x coded megapixels (the codec's pixel work)
@@ -84,10 +86,8 @@ def decode_workload(meta: Mapping, frames: int, pixels: int | None = None,
         key_bytes = meta.get("keyframe_bytes") or KEYFRAME_SHARE * g * mean_bytes
         mbytes = decoded * key_bytes / 1e6
     elif decode in ("exact", "keyframe"):
-        s = n / frames
-        per_target = s - s * s / (2 * g) if s < g else g / 2
-        seeks = frames * min(1.0, s / g)
-        decoded = min(n, frames * max(1.0, per_target) + SEEK_EXTRA_FRAMES * seeks)
+        decoded, seeks = _exact_path(n, frames, g)
+        decoded = min(n, decoded + SEEK_EXTRA_FRAMES * seeks)
         mbytes = decoded * mean_bytes / 1e6
     else:
         raise ValueError(f"decode must be 'exact' or 'keyframe', not {decode!r}")
@@ -100,6 +100,26 @@ def decode_workload(meta: Mapping, frames: int, pixels: int | None = None,
     out = min(frames, n)
     return {"decoded_frames": decoded, "decoded_mpx": decoded * area, "decoded_mbytes": mbytes,
             "seeks": seeks, "output_frames": out, "converted_mpx": out * (area + out_area)}
+
+
+def _exact_path(n: float, frames: int, g: float) -> tuple[float, float]:
+    """(frames decoded, seeks) of exact decoding of `frames` segment middles of an n-frame video
+    with a keyframe every g frames: a target past a keyframe the decoder has not reached is a
+    seek to that keyframe and a run up to the target; otherwise the run goes on from the
+    previous target."""
+    segment, gop = n / frames, max(1, round(g))
+    decoded = seeks = 0
+    position = None
+    for i in range(frames):
+        target = min(int(n) - 1, int((i + 0.5) * segment))
+        keyframe = target // gop * gop
+        if position is None or keyframe > position:
+            seeks += 1
+            decoded += target - keyframe + 1
+        else:
+            decoded += target - position
+        position = target
+    return float(decoded), float(seeks)
 
 
 def _finite(v) -> bool:

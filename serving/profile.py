@@ -448,6 +448,19 @@ def profile_decode(frames: Sequence[int], short_sides: Sequence[int], *,
     return out
 
 
+def refit_decode(decode: Mapping) -> dict:
+    """A profile_decode() result fitted again from its stored samples (after a change to the
+    decode-cost model), with its held-out report, if it has one, computed again."""
+    model = DecodeModel.fit_samples(decode["samples"])
+    out = {**decode, **model.to_dict()}
+    heldout = decode.get("heldout")
+    if heldout:
+        today = DecodeModel.fit_samples(heldout["test_video_samples"])
+        out["heldout"] = {**heldout, "this_model": heldout_report(model, heldout["samples"]),
+                          "test_videos_only": heldout_report(today, heldout["samples"])}
+    return out
+
+
 def _rounded(sample: Mapping) -> dict:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sample.items()}
 
@@ -580,6 +593,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-only", action="store_true",
                    help="measure decoding only, into the existing table at --out (its "
                         "configurations kept)")
+    p.add_argument("--decode-refit", action="store_true",
+                   help="fit the decode model of the table at --out again from the samples "
+                        "it stores (no measuring), and its held-out report")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -625,8 +641,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                  + "; ".join(f"{s['frames']}f {s['pixels']}px p{s['patch']}: {s['reason']}"
                              for s in skipped[:5]))
     out = args.out or default_profile_path(device)
-    if args.decode_only and args.no_decode:
-        ap.error("--decode-only and --no-decode leave nothing to do")
+    if (args.decode_only or args.decode_refit) and args.no_decode:
+        ap.error("--decode-only/--decode-refit and --no-decode leave nothing to do")
+    if args.decode_refit:
+        try:
+            existing = ProfileTable.load(out).to_dict()
+            decode = refit_decode(existing["decode_model"] or {})
+        except (ProfileError, KeyError, ValueError) as e:
+            ap.error(f"--decode-refit needs a table with decode samples at --out: {e}")
+        existing["decode_model"] = decode
+        existing["meta"]["decode_refit_command"] = ("python -m serving.profile "
+                                                    + shlex.join(argv))
+        if "heldout" in decode:
+            print(heldout_table(decode["heldout"]))
+        write_table(existing, out)
+        print(f"refitted the decode model of {out}")
+        return 0
     if args.decode_only:
         try:
             existing = ProfileTable.load(out).to_dict()

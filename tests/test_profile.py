@@ -16,7 +16,7 @@ from model.config import get_config
 from serving import decode_cost
 from serving import profile as prof
 from serving.selector import ProfileError, ProfileTable
-from video import probe
+from video import DecodeStats, decode_frames, probe
 
 TINY = dict(depth=1, embed_dim=32)
 
@@ -197,6 +197,11 @@ def test_decode_only_refits_the_decode_model_of_a_table_and_keeps_its_configurat
     assert decode_cost.DecodeModel.from_dict(after["decode_model"]).fit["samples"] >= 2
     assert "--decode-only" in after["meta"]["decode_command"]
     assert f"wrote the decode model into {out}" in capsys.readouterr().out
+    # refitted from the stored samples: the same fit, no measuring
+    assert prof.main(base + ["--decode-refit"]) == 0
+    refitted = json.loads(out.read_text())
+    assert refitted["decode_model"]["samples"] == after["decode_model"]["samples"]
+    assert refitted["decode_model"]["coef_ms"] == pytest.approx(after["decode_model"]["coef_ms"])
     with pytest.raises(SystemExit):
         prof.main(base[:2] + ["--out", str(tmp_path / "none.json"), "--decode-only"])
     assert "needs a table at --out" in capsys.readouterr().err
@@ -229,6 +234,7 @@ def test_camera_clips_fit_half_and_report_the_other_half(tmp_path, monkeypatch):
     assert d["heldout"]["this_model"] == decode_cost.heldout_report(model, held)
     assert d["heldout"]["test_videos_only"]["samples"] == len(held)
     assert "this_model" in prof.heldout_table(d["heldout"])
+    assert prof.refit_decode(d)["heldout"]["this_model"] == d["heldout"]["this_model"]
     # written once: a second run reuses the files
     stamp = (tmp_path / "camera" / clips[0].name).stat().st_mtime_ns
     prof.profile_decode([2], [32], video_sides=(48,), durations=(1.0,), repeats=1,
@@ -365,11 +371,31 @@ def test_decode_model_round_trip_and_validation():
 
 def test_decode_workload_matches_the_sparse_decoder_on_paper():
     meta = _meta("h264", 240, 4.0, 0.48)  # 100 frames, a keyframe every 12
-    w = decode_cost.decode_workload(meta, 4)      # 25 frames apart: a seek and ~6 + 2 frames each
-    assert w["seeks"] == 4 and w["decoded_frames"] == pytest.approx(4 * 6 + 2 * 4)
+    # middles at frames 12, 37, 62, 87; keyframes at 12, 36, 60, 84: a seek and 1, 2, 3, 4
+    # frames each, plus the frames a seek decodes past the target
+    w = decode_cost.decode_workload(meta, 4)
+    assert w["seeks"] == 4
+    assert w["decoded_frames"] == pytest.approx(1 + 2 + 3 + 4 + decode_cost.SEEK_EXTRA_FRAMES * 4)
+    # one keyframe: from the start to the last middle, once
     one_gop = decode_cost.decode_workload({**meta, "keyframe_interval_s": None}, 4)
-    assert one_gop["decoded_frames"] == pytest.approx(100 - 25 / 2 + 2 * 1)  # decodes on through
+    assert one_gop["seeks"] == 1
+    assert one_gop["decoded_frames"] == pytest.approx(88 + decode_cost.SEEK_EXTRA_FRAMES)
     assert decode_cost.decode_workload(meta, 200)["output_frames"] == 100  # never more than the video
+
+
+@pytest.mark.parametrize("frames, gop", [(4, 12), (8, 25), (3, 7), (6, 100)])
+def test_decode_workload_follows_the_real_reader(tmp_path, frames, gop):
+    """The pictures the reader decodes on a real video (no B-frames: nothing skipped) are the
+    workload's, give or take the one picture past each target that tells it the target is the
+    one on screen."""
+    path = decode_cost.write_test_video(tmp_path / "v.mp4", 48, 4.0, gop=gop, fps=25)
+    info = probe(path)
+    stats = DecodeStats()
+    decode_frames(path, frames, info=info, stats=stats)
+    w = decode_cost.decode_workload(decode_cost.video_meta(info), frames)
+    expected = w["decoded_frames"] - decode_cost.SEEK_EXTRA_FRAMES * w["seeks"]
+    assert expected <= stats.frames_decoded <= expected + frames + 1
+    assert stats.seeks <= w["seeks"]
 
 
 def test_keyframe_workload_is_one_keyframe_per_frame_where_every_segment_holds_one():
