@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICE = "serving.service:StretchySnake"
 
 
+PORT_TRIES = 3  # free ports tried by serve() when another process takes the one chosen
+
+
 class ServerFailed(RuntimeError):
     """The server exited, or was not ready in time; the message ends with its log's tail."""
 
@@ -89,19 +92,28 @@ def serve(env: Mapping[str, str], log_path: Path, *, host: str = "127.0.0.1",
           service: str = SERVICE) -> Iterator[RunningServer]:
     """`python -m bentoml serve SERVICE` from the repository root with exactly `env`, its
     output in log_path; yields once ready, stops it on leaving (ServerFailed on entering if it
-    never gets ready)."""
-    port = port or free_port(host)
+    never gets ready). Without `port`, a free one; the port is free when chosen but not held,
+    so a server that finds it taken by then starts again on another (up to PORT_TRIES)."""
     log_path = Path(log_path)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", service, "--host", host,
-             "--port", str(port)],
-            cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    for attempt in range(1, PORT_TRIES + 1):
+        chosen = port or free_port(host)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", service, "--host", host,
+                 "--port", str(chosen)],
+                cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
         try:
-            url = f"http://{host}:{port}"
-            wait_ready(url, proc, log_path, timeout_s)
-            yield RunningServer(url, port, proc, log_path)
+            url = f"http://{host}:{chosen}"
+            try:
+                wait_ready(url, proc, log_path, timeout_s)
+            except ServerFailed:
+                taken = "address already in use" in log_tail(log_path).lower()
+                if port is None and taken and attempt < PORT_TRIES:
+                    continue
+                raise
+            yield RunningServer(url, chosen, proc, log_path)
+            return
         finally:
             stop(proc)
 

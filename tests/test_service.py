@@ -413,6 +413,24 @@ def test_swagger_ui_try_it_out_classifies_an_upload(server, assets):
     assert r.status_code == 422 and "top_k" in r.text
 
 
+def test_a_port_taken_before_the_server_binds_it_is_traded_for_another(assets, monkeypatch):
+    """serve() picks a free port but cannot hold it for bentoml: when another process takes it
+    first, the server starts again on the next free port."""
+    from serving import testing
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real = testing.free_port
+        monkeypatch.setattr(testing, "free_port", lambda host="127.0.0.1": next(ports, None)
+                            or real(host))
+        with serve(_server_env(assets), assets["root"] / "retry.log",
+                   timeout_s=START_TIMEOUT_S) as running:
+            assert running.port != taken.getsockname()[1]
+            assert httpx.get(running.url + "/readyz", timeout=10).status_code == 200
+
+
 def test_openapi_document_describes_this_service(server):
     info = server["client"].get("/docs.json").json()["info"]
     assert info["title"] == "StretchySnake" and info["version"] == serving.__version__
