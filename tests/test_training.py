@@ -234,7 +234,32 @@ def test_evaluate_cli(dataset, tmp_path):
     assert [(r["frames"], r["pixels"], r["patch"]) for r in grid["results"]] == [(2, 32, 16), (2, 64, 32), (4, 32, 16), (4, 64, 32)]
     retrieval = json.loads(run("--retrieval").stdout)
     assert 0 <= retrieval["retrieval_top1"] <= 1
+    probe = json.loads(run("--linear-probe", "--train-clips", "6").stdout)
+    assert 0 <= probe["linear_probe_top1"] <= 1 and probe["train_clips"] == 6
     assert torch.load(tmp_path / "train_state.pt", weights_only=True)["epoch"] == 0
+
+
+def test_linear_probe_separates_what_is_separable_and_nothing_else(fresh_seed):
+    """Gaussian blobs, 3 classes in 16 dimensions with different scales per dimension: the probe
+    fitted on 300 points classifies 300 fresh ones (>= 95%); with the labels shuffled it is at
+    chance on fresh points (a probe that saw the test points, or ignored the features, would
+    not be)."""
+    from training.evaluate import fit_linear_probe
+
+    g = torch.Generator().manual_seed(fresh_seed)
+    means = torch.randn(3, 16, generator=g, dtype=torch.float64) * 3
+    scales = torch.logspace(-2, 2, 16, dtype=torch.float64)  # standardisation matters
+
+    def draw(n):
+        y = torch.arange(n) % 3
+        return (means[y] + torch.randn(n, 16, generator=g, dtype=torch.float64)) * scales, y
+
+    x, y = draw(300)
+    x_new, y_new = draw(300)
+    predict = fit_linear_probe(x, y, 3)
+    assert (predict(x_new) == y_new).double().mean() >= 0.95
+    shuffled = fit_linear_probe(x, y[torch.randperm(300, generator=g)], 3)
+    assert (shuffled(x_new) == y_new).double().mean() <= 0.5
 
 
 def test_frame_cache_matches_sparse_decoding(dataset):

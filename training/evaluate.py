@@ -1,10 +1,13 @@
-"""Evaluate a checkpoint: top-1 at one configuration or over a grid, and the paper's retrieval
-protocol (the features the head reads; each test clip takes the label of its nearest training clip).
+"""Evaluate a checkpoint: top-1 at one configuration or over a grid, and the paper's two
+frozen-feature protocols on the features the head reads: retrieval (each test clip takes the
+label of its nearest training clip) and the linear probe (a linear classifier fitted on the
+training clips' features, top-1 on the test clips).
 
     python -m training.evaluate --checkpoint CKPT --data MANIFEST                 # native config
     python -m training.evaluate --checkpoint CKPT --data MANIFEST --frames 16 --pixels 56 --patch 8
     python -m training.evaluate --checkpoint CKPT --data MANIFEST --grid-frames 4,8,16 --grid-pixels 56,112,224
     python -m training.evaluate --checkpoint CKPT --data MANIFEST --retrieval
+    python -m training.evaluate --checkpoint CKPT --data MANIFEST --linear-probe --grid-frames 8,16
 
 Prints one JSON object (a grid prints one object with a "results" list).
 """
@@ -91,6 +94,45 @@ def retrieval_top1(net, train, test, classes, frames, pixels, patch, batch_size=
     return (y_train[sim.argmax(-1)] == y_test).float().mean().item()
 
 
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, classes: int,
+                     weight_decay: float = 1e-4, steps: int = 200):
+    """A multinomial logistic regression on frozen features (standardised with the training
+    features' mean and deviation), fitted to convergence with L-BFGS; returns predict(features)
+    -> class indices. Deterministic: full batch, zero initialisation."""
+    x = features.double().clone()  # features from inference mode cannot enter autograd
+    labels = labels.clone()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, labels) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+
+    def predict(f: torch.Tensor) -> torch.Tensor:
+        return (((f.double() - mean) / std) @ weight + bias).argmax(-1)
+
+    return predict
+
+
+def linear_probe_top1(net, train, test, classes, frames, pixels, patch, batch_size=16,
+                      workers=0) -> float:
+    """Top-1 on `test` of a linear classifier fitted on the frozen cls features of `train`."""
+    f_train, y_train = features_and_labels(net, train, classes, frames, pixels, patch, batch_size, workers, logits=False)
+    f_test, y_test = features_and_labels(net, test, classes, frames, pixels, patch, batch_size, workers, logits=False)
+    predict = fit_linear_probe(f_train, y_train, len(classes))
+    return (predict(f_test) == y_test).float().mean().item()
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -111,7 +153,13 @@ def main(argv=None):
     ap.add_argument("--grid-pixels", type=_ints)
     ap.add_argument("--patch-rule", choices=("static_tokens", "native"), default="static_tokens",
                     help="grid patch: keep the native token grid, or always the native patch")
-    ap.add_argument("--retrieval", action="store_true", help="nearest-neighbour retrieval test -> train")
+    protocol = ap.add_mutually_exclusive_group()
+    protocol.add_argument("--retrieval", action="store_true",
+                          help="nearest-neighbour retrieval test -> train")
+    protocol.add_argument("--linear-probe", action="store_true",
+                          help="a linear classifier on the train split's frozen features")
+    ap.add_argument("--train-clips", type=int,
+                    help="retrieval / linear probe: only the first N training clips")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args(argv)
@@ -125,7 +173,8 @@ def main(argv=None):
     if net.labels is not None and list(net.labels) != list(classes):
         sys.exit(f"the checkpoint's labels do not match the dataset's classes ({len(net.labels)} vs {len(classes)})")
 
-    train = load_samples(args.data, "train")[0] if args.retrieval else None
+    train = (load_samples(args.data, "train")[0][:args.train_clips]
+             if args.retrieval or args.linear_probe else None)
 
     def patch_for(pixels: int, given: int | None) -> int:
         return given if given is not None else default_patch(cfg, pixels, args.patch_rule)
@@ -135,6 +184,10 @@ def main(argv=None):
         if args.retrieval:
             score = {"retrieval_top1": retrieval_top1(net, train, test, classes, frames, pixels, patch,
                                                       args.batch_size, args.workers)}
+        elif args.linear_probe:
+            score = {"linear_probe_top1": linear_probe_top1(
+                net, train, test, classes, frames, pixels, patch, args.batch_size, args.workers),
+                "train_clips": len(train)}
         else:
             score = {"top1": top1(net, test, classes, frames, pixels, patch, args.batch_size, args.workers)}
         return {"frames": frames, "pixels": pixels, "patch": patch, **score, "clips": len(test),
