@@ -147,8 +147,8 @@ def realistic_set(encoders=None) -> list[CameraClip]:
     1080p and one 4K, 24 to 60 fps, a keyframe every 0.5 to 10 s, H.264 (B-frames), HEVC, VP9
     and AV1, 4 to 60 s, 4:3, 16:9, 21:9, square and rotated portrait. `encoders`: the codecs
     this FFmpeg can encode (default: asked of PyAV); clips of other codecs are left out.
-    Ordered so that alternate clips (`[0::2]`, `[1::2]`) each hold every codec and size class:
-    one half to fit on, the other held out."""
+    Ordered so that alternate clips (`[0::2]`, `[1::2]`) each hold every codec and 480p to
+    1080p (the one 4K clip falls in the first): one half to fit on, the other held out."""
     clips = [
         CameraClip(854, 480, 30, 8, 1.0),
         CameraClip(640, 480, 24, 12, 2.0),
