@@ -3,16 +3,9 @@
     POST /classify?budget_ms=50&top_k=3            (query string)
     curl -F video=@clip.mp4 -F budget_ms=50 ...     (form fields; BentoML's client sends these)
 
-    budget_ms       number > 0     end-to-end server time for this request (upload, probe,
-                                   queue, decode, preprocess, model)
-    budget_gflops   number > 0     bound on the model's GFLOPs for the chosen configuration
-    top_k           integer >= 1   how many labels to return (default 5; capped at the classes)
-    strict          boolean        refuse (422) instead of answering over budget (default false)
-    frames          integer >= 1   only configurations with this many frames
-    pixels          integer >= 1   only configurations of this frame size
-    patch           integer >= 1   only configurations with this patch size
-    decode          exact|keyframe only this decode mode (default: whichever the budget favours;
-                                   see video.decode_frames)
+Each option is declared once, in SPECS below (name, type, default, parser, schema bounds,
+description); the `Options` fields, the parsers, the service's form model, its `classify`
+arguments and the OpenAPI query parameters all come from there.
 
 Values are strings as sent; form fields may also be JSON-encoded, as BentoML's client sends
 them (`50`, `true`, `"8"`); JSON `null` means "not given". Numbers must be finite (no NaN, no
@@ -25,35 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from video import DECODE_MODES
 
 from .errors import BadParameters
 
 DEFAULT_TOP_K = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    budget_ms: float | None = None
-    budget_gflops: float | None = None
-    top_k: int = DEFAULT_TOP_K
-    strict: bool = False
-    frames: int | None = None
-    pixels: int | None = None
-    patch: int | None = None
-    decode: str | None = None
-
-    @property
-    def overrides(self) -> dict:
-        """The explicit configuration constraints given ({"frames": 16} ...)."""
-        return {k: getattr(self, k) for k in ("frames", "pixels", "patch")
-                if getattr(self, k) is not None}
-
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 def _positive_number(text: str):
@@ -78,6 +49,10 @@ def _positive_int(text: str):
     return v
 
 
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
 def _boolean(text: str):
     low = text.lower()
     if low in _TRUE:
@@ -93,10 +68,52 @@ def _decode_mode(text: str):
     return text
 
 
-PARSERS = {"budget_ms": _positive_number, "budget_gflops": _positive_number,
-           "top_k": _positive_int, "strict": _boolean, "frames": _positive_int,
-           "pixels": _positive_int, "patch": _positive_int, "decode": _decode_mode}
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One request option: its value's type and default, the parser of its text, the bounds
+    its schema states (pydantic Field keywords: gt, ge) or its choices, and what it means."""
+
+    name: str
+    type: type
+    parse: Callable[[str], object]
+    description: str
+    default: object = None
+    bounds: dict = dataclasses.field(default_factory=dict)
+    choices: tuple = ()
+
+
+SPECS = (
+    Spec("budget_ms", float, _positive_number, "end-to-end time budget in ms (upload, probe, "
+         "queue, decode, preprocess, model)", bounds={"gt": 0}),
+    Spec("budget_gflops", float, _positive_number, "bound on the model's GFLOPs",
+         bounds={"gt": 0}),
+    Spec("top_k", int, _positive_int, "number of labels returned (capped at the classes)",
+         DEFAULT_TOP_K, {"ge": 1}),
+    Spec("strict", bool, _boolean, "refuse with 422 instead of answering over budget", False),
+    Spec("frames", int, _positive_int, "only configurations with these frames", bounds={"ge": 1}),
+    Spec("pixels", int, _positive_int, "only configurations of this frame size",
+         bounds={"ge": 1}),
+    Spec("patch", int, _positive_int, "only configurations with this patch", bounds={"ge": 1}),
+    Spec("decode", str, _decode_mode, "only this decode mode: exact (each segment's sampled "
+         "frame) or keyframe (the keyframe nearest it, where each segment holds one); default: "
+         "whichever fits the budget best", choices=DECODE_MODES),
+)
+PARSERS = {s.name: s.parse for s in SPECS}
 NAMES = tuple(PARSERS)
+OVERRIDES = ("frames", "pixels", "patch")  # constraints on the configuration
+
+
+def _overrides(self) -> dict:
+    """The explicit configuration constraints given ({"frames": 16} ...)."""
+    return {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) is not None}
+
+
+# budget_ms: float | None = None, ..., top_k: int = DEFAULT_TOP_K, ...
+Options = dataclasses.make_dataclass(
+    "Options", [(s.name, s.type if s.default is not None else s.type | None, s.default)
+                for s in SPECS],
+    namespace={"overrides": property(_overrides), "__module__": __name__,
+               "__doc__": "The options of one request (SPECS)."}, frozen=True)
 
 
 def _unwrap_json(text: str) -> str | None:

@@ -42,7 +42,7 @@ from typing import Literal, Optional
 
 import attrs
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -51,8 +51,7 @@ import serving
 from serving.auth import METRICS, PROTECTED, ApiKeyMiddleware
 from serving.errors import NotReady
 from serving.handler import ClassifyHandler, Loader
-from serving.options import DEFAULT_TOP_K, NAMES
-from video import DECODE_MODES
+from serving.options import NAMES, SPECS, Spec
 from serving.settings import Settings, SettingsError
 from serving.timeout import install as install_timeout_fix
 
@@ -62,31 +61,26 @@ log = logging.getLogger("stretchysnake.serving")
 
 
 # ----------------------------------------------------------------------------- schema only
-class ClassifyInput(bentoml.IODescriptor):
-    """The classify form, for the OpenAPI schema and BentoML's client; every option may also be
-    given in the query string (`/classify?budget_ms=50`)."""
-
-    video: Path = Field(description="the video file (any container/codec FFmpeg reads; the "
-                                    "part's content type is ignored, the bytes are probed)")
-    budget_ms: Optional[float] = Field(None, gt=0, description="end-to-end time budget in ms "
-                                       "(upload, probe, queue, decode, preprocess, model)")
-    budget_gflops: Optional[float] = Field(None, gt=0, description="bound on the model's GFLOPs")
-    top_k: Optional[int] = Field(DEFAULT_TOP_K, ge=1, description="number of labels returned")
-    strict: Optional[bool] = Field(False, description="refuse with 422 instead of answering "
-                                   "over budget")
-    frames: Optional[int] = Field(None, ge=1, description="only configurations with these frames")
-    pixels: Optional[int] = Field(None, ge=1, description="only configurations of this frame size")
-    patch: Optional[int] = Field(None, ge=1, description="only configurations with this patch")
-    decode: Optional[Literal["exact", "keyframe"]] = Field(
-        None, description="only this decode mode: exact (each segment's sampled frame) or "
-                          "keyframe (the keyframe nearest it, where each segment holds one); "
-                          "default: whichever fits the budget best")
-
+class _ClassifyForm(bentoml.IODescriptor):
     @classmethod
     async def from_http_request(cls, request, serde):
         # The handler reads the request (query string, streamed body) itself: nothing is read
         # or buffered here.
         return cls.model_construct(video=None, **{k: None for k in NAMES})
+
+
+def _form_field(spec: Spec):
+    kind = Literal[spec.choices] if spec.choices else spec.type
+    return (Optional[kind], Field(spec.default, description=spec.description, **spec.bounds))
+
+
+# The classify form, for the OpenAPI schema and BentoML's client: the video and every option of
+# serving.options.SPECS (each may also be given in the query string, `/classify?budget_ms=50`).
+ClassifyInput = create_model(
+    "ClassifyInput", __base__=_ClassifyForm,
+    video=(Path, Field(description="the video file (any container/codec FFmpeg reads; the "
+                                   "part's content type is ignored, the bytes are probed)")),
+    **{spec.name: _form_field(spec) for spec in SPECS})
 
 
 class Label(BaseModel):
@@ -127,9 +121,20 @@ class ClassifyOutput(BaseModel):
 
 
 # ----------------------------------------------------------------------------- OpenAPI extras
-def _param(name: str, schema: dict, description: str) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+_JSON_TYPES = {float: "number", int: "integer", bool: "boolean", str: "string"}
+_JSON_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum"}
+
+
+def _param(spec: Spec) -> dict:
+    """An option as an OpenAPI query parameter."""
+    schema = {"type": _JSON_TYPES[spec.type],
+              **{_JSON_BOUNDS[k]: v for k, v in spec.bounds.items()}}
+    if spec.choices:
+        schema["enum"] = list(spec.choices)
+    if spec.default is not None:
+        schema["default"] = spec.default
+    return {"name": spec.name, "in": "query", "required": False, "schema": schema,
+            "description": spec.description}
 
 
 ERROR_SCHEMA = {"type": "object", "required": ["error", "code", "status"],
@@ -175,19 +180,7 @@ class _Service(bentoml.Service):
         accuracy = body.properties["accuracy"]
         body.properties["accuracy"] = {k: v for k, v in accuracy.items() if k != "type"} | {
             "anyOf": [{"type": "number"}, {"type": "null"}]}
-        fields = ClassifyInput.model_fields
-        number = {"type": "number", "exclusiveMinimum": 0}
-        post["parameters"] = [
-            _param("budget_ms", number, fields["budget_ms"].description),
-            _param("budget_gflops", number, fields["budget_gflops"].description),
-            _param("top_k", {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
-                   fields["top_k"].description),
-            _param("strict", {"type": "boolean", "default": False}, fields["strict"].description),
-            *(_param(n, {"type": "integer", "minimum": 1}, fields[n].description)
-              for n in ("frames", "pixels", "patch")),
-            _param("decode", {"type": "string", "enum": list(DECODE_MODES)},
-                   fields["decode"].description),
-        ]
+        post["parameters"] = [_param(spec) for spec in SPECS]
         key = _api_key_settings()
         if key is not None:  # Swagger UI's "Authorize" button, and the 401 documented
             spec.components.setdefault("securitySchemes", {})["apiKey"] = {
@@ -341,16 +334,11 @@ class StretchySnake:
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput)
     async def classify(self, ctx: bentoml.Context, video: Optional[Path] = None,
-                       budget_ms: Optional[float] = None, budget_gflops: Optional[float] = None,
-                       top_k: Optional[int] = DEFAULT_TOP_K, strict: Optional[bool] = False,
-                       frames: Optional[int] = None, pixels: Optional[int] = None,
-                       patch: Optional[int] = None,
-                       decode: Optional[str] = None) -> ClassifyOutput:
+                       **options) -> ClassifyOutput:
         """Classify a video under a latency (`budget_ms`) or compute (`budget_gflops`) budget:
         the most accurate profiled (frames, pixels, patch) configuration and decode mode
-        predicted to fit runs.
-        Options come from the query string and/or the form (the arguments here only document
-        them: the handler reads the request itself)."""
+        predicted to fit runs. Options come from the query string and/or the form (the
+        arguments here are BentoML's, left unused: the handler reads the request itself)."""
         answer = await self.handler.handle(ctx.request)
         ctx.response.status_code = answer.status  # BentoML applies it to the response
         return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
