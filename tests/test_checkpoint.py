@@ -256,6 +256,49 @@ def test_public_layouts_match_independent_forward(tmp_path, layout):
     assert_matches(logits, reference_forward(state, clip)[1])
 
 
+def flexed_reference_state(state, patch, grid, frames):
+    """A public state dict flexed to (patch, grid x grid tokens, frames), independently of
+    model.flex: the kernel w* that keeps every token, <resize(x), w*> = <x, w> for all patches
+    x, by least squares over the 2-D resize operator built from one-hot patches (torch's
+    bilinear resize, antialiased when shrinking); the spatial embedding bicubic to the new grid
+    (cls row apart, no antialias), the temporal one linear to the new frame count."""
+    s = {k: v.double() for k, v in state.items()}
+    kernel = s["patch_embed.proj.weight"]                      # (C, 3, 1, p, p)
+    old = kernel.shape[-1]
+    basis = torch.eye(old * old, dtype=torch.float64).reshape(old * old, 1, old, old)
+    resize = F.interpolate(basis, size=(patch, patch), mode="bilinear", align_corners=False,
+                           antialias=patch < old).reshape(old * old, patch * patch).T  # M: x -> Mx
+    w = kernel.reshape(-1, old * old).T                        # (p*p, C*3)
+    w_new = torch.linalg.lstsq(resize.T, w, driver="gelsd").solution   # M^T w* = w
+    s["patch_embed.proj.weight"] = w_new.T.reshape(*kernel.shape[:3], patch, patch)
+    pos = s["pos_embed"]
+    old_grid = math.isqrt(pos.shape[1] - 1)
+    spatial = pos[:, 1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+    spatial = F.interpolate(spatial, size=(grid, grid), mode="bicubic", align_corners=False)
+    s["pos_embed"] = torch.cat([pos[:, :1], spatial.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], 1)
+    temporal = s["temporal_pos_embedding"].permute(0, 2, 1)
+    s["temporal_pos_embedding"] = F.interpolate(temporal, size=frames, mode="linear",
+                                                align_corners=False).permute(0, 2, 1)
+    return s
+
+
+@pytest.mark.parametrize("patch, frames", [(8, 4), (12, 6), (24, 2)])
+def test_flexed_forward_matches_an_independent_float64_flex(tmp_path, patch, frames):
+    """The core feature against a reference that shares no code with it: a public checkpoint
+    (native 48 px, patch 16, 4 frames) run at 48 px with patch 8, 12 (upsampled kernels: PI
+    resize is exact) and 24 (shrunk: least squares), at other frame counts."""
+    state = random_state(public_shapes())
+    path = tmp_path / "public.pth"
+    torch.save(state, path)
+    net = load_checkpoint(path)
+    pixels = GRID * PATCH
+    clip = video(frames=frames, pixels=pixels)
+    with torch.no_grad():
+        logits = net(clip, patch=patch)
+    reference = flexed_reference_state(state, patch, pixels // patch, frames)
+    assert_matches(logits, reference_forward(reference, clip)[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_public_half_precision_loads_into_fp32(tmp_path, dtype):
     state = {k: v.to(dtype) for k, v in random_state(public_shapes(), seed=2).items()}
