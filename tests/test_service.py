@@ -785,6 +785,65 @@ def test_a_checkpoint_without_class_names_is_said_in_the_log(caplog):
     assert "no class names" in caplog.text and "STRETCHYSNAKE_LABELS" in caplog.text
 
 
+def test_labels_come_from_a_file_as_json_or_lines_and_must_fit_the_head(tmp_path):
+    from model import build_model
+
+    net = build_model("nano", num_classes=3, depth=1, embed_dim=32)
+    as_json, as_lines = tmp_path / "labels.json", tmp_path / "labels.txt"
+    as_json.write_text('["walk", "run", "jump"]')
+    as_lines.write_text("walk\n\nrun\njump\n")
+    assert eng.load_labels(as_json, net) == eng.load_labels(as_lines, net) == ["walk", "run", "jump"]
+    as_lines.write_text("walk\nrun\n")
+    with pytest.raises(eng.EngineError, match="2 names for a head with 3 classes"):
+        eng.load_labels(as_lines, net)
+    as_json.write_text('{"0": "walk"}')
+    with pytest.raises(eng.EngineError, match="expected a JSON list"):
+        eng.load_labels(as_json, net)
+    with pytest.raises(eng.EngineError, match="cannot read labels file"):
+        eng.load_labels(tmp_path / "missing.txt", net)
+
+
+def test_engine_start_measures_a_missing_decode_model_and_drops_what_fails_to_warm_up(
+        assets, tmp_path, monkeypatch):
+    """A table without a decode model gets one measured at start (and says so); a configuration
+    whose forward fails at warm-up is dropped with a note, the others serve; when none runs the
+    engine refuses to start."""
+    table = json.loads(assets["profile"].read_text())
+    table["decode_model"] = None
+    bare = tmp_path / "no-decode.json"
+    bare.write_text(json.dumps(table))
+    quick = tables.QuickProfile(decode_seconds=0.1, decode_video_sides=(64,),
+                                decode_durations=(0.5,), decode_repeats=1)
+    settings = Settings(checkpoint=assets["ckpt"], checkpoint_from_env=True, profile=bare,
+                        tmpdir=tmp_path / "up")
+    engine = eng.Engine.load(settings, quick)
+    try:
+        assert "decode model measured at startup (the table had none)" in engine.notes
+        assert engine.table.decode_model is not None and engine.decode_model.fit["samples"] >= 2
+        forward = engine.net.forward
+
+        def failing_at_patch_8(x, patch=None):
+            if patch == 8:
+                raise RuntimeError("no kernel for patch 8")
+            return forward(x, patch=patch)
+
+        monkeypatch.setattr(engine.net, "forward", failing_at_patch_8)
+        engine.warm_up(runs=1, tmpdir=tmp_path / "up")
+        assert sorted(engine.configs) == sorted(k for k in CONFIGS if k[2] != 8)
+        assert any("dropped at warm-up" in n and "patch 8" in n for n in engine.notes)
+        out = engine.classify(assets["clip"], Options(top_k=2))
+        assert out["config"]["patch"] == 16 and len(out["labels"]) == 2
+    finally:
+        engine.close()
+    broken = eng.Engine.load(settings, quick)
+    try:
+        monkeypatch.setattr(broken.net, "forward", lambda x, patch=None: 1 / 0)
+        with pytest.raises(eng.EngineError, match="no configuration of the profile table runs"):
+            broken.warm_up(runs=1, tmpdir=tmp_path / "up")
+    finally:
+        broken.close()
+
+
 class _FakeRequest:
     """What the handler reads of a Starlette request."""
 
