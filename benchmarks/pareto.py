@@ -35,7 +35,8 @@ from benchmarks.common import DEFAULT_DATA, RESULTS, ensure_data, machine, print
 from model import count_flops, load_checkpoint  # noqa: E402
 from model.flops import tokens as count_tokens  # noqa: E402
 from serving.decode_cost import keyframe_mode_applies, video_meta  # noqa: E402
-from serving.profile import default_profile_path, make_grid, write_table  # noqa: E402
+from serving.devices import default_profile_path  # noqa: E402
+from serving.profile import make_grid, write_table  # noqa: E402
 from serving.selector import ProfileTable  # noqa: E402
 from training.data import load_samples  # noqa: E402
 from training.evaluate import top1_many  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from benchmarks.common import RESULTS, print_table, save  # noqa: E402
-from serving.profile import default_profile_path  # noqa: E402
+from serving.devices import default_profile_path  # noqa: E402
 from serving.testing import serve, server_env  # noqa: E402
 from video.camera import write_camera_clip  # noqa: E402
 

@@ -38,7 +38,7 @@ from model import load_checkpoint
 from video import DECODE_MODES, Limits, VideoInfo, preprocess
 from video.isolation import make_decoder
 
-from . import profile as prof
+from . import devices
 from .correction import LatencyCorrector
 from .decode_cost import DecodeModel, keyframe_mode_applies, video_meta, write_test_video
 from .errors import BadParameters
@@ -147,7 +147,7 @@ class Engine:
         """Checkpoint, labels, device, profile table and decode model; not warmed up yet."""
         settings.check_checkpoint()
         try:
-            device = prof.resolve_device(settings.device)
+            device = devices.resolve_device(settings.device)
         except ValueError as e:
             raise SettingsError(f"STRETCHYSNAKE_DEVICE: {e}") from None
         torch.set_num_threads(model_threads(settings, device))

@@ -9,7 +9,8 @@
 It times the model over a grid of (frames, pixels, patch) configurations on one device, then
 (unless --no-decode) encodes a few test videos, times `video.decode_frames` on them and fits the
 `DecodeModel` the server uses to predict decode time from a video's metadata. Without --out the
-table goes to `profiles/<device slug>.json` (`default_profile_path`), where the server looks.
+table goes to `profiles/<device slug>.json` (`serving.devices.default_profile_path`), where the
+server looks.
 
 Default grid, from the model's native (T frames, P pixels, patch p, token grid g = P // p):
 frames {T/2, T, 2T, 4T}, pixels {P/2, P, 2P}, and for each size the static-tokens patch
@@ -54,7 +55,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -73,57 +73,14 @@ from model.flops import tokens as count_tokens
 from video.camera import realistic_set
 
 from .decode_cost import DecodeModel, heldout_report, measure_decode, write_test_videos
+from .devices import default_profile_path, device_name, resolve_device
 from .selector import ProfileError, ProfileTable
 
 Key = tuple[int, int, int]  # (frames, pixels, patch)
-PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 FRAME_RATIOS = (0.5, 1, 2, 4)
 PIXEL_RATIOS = (0.5, 1, 2)
 COARSE_GRID = 2  # the coarsest token grid that still has a layout: where >= 90% FLOP cuts live
 MAX_TOKENS_FACTOR = 4  # default --max-tokens: this many times the native token count
-
-
-# ----------------------------------------------------------------------------- devices and names
-def resolve_device(device=None) -> torch.device:
-    """cuda when available (or as asked), else cpu; ValueError for what cannot run here."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {str(dev)!r} (use cpu or cuda[:N])")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(dev)!r}: CUDA is not available on this machine")
-    return dev
-
-
-def cpu_model() -> str:
-    """The CPU's model string ("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz")."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def device_name(device=None) -> str:
-    dev = resolve_device(device)
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
-
-
-def profile_name(device_name: str) -> str:
-    """File stem of a device's table: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    if not slug:
-        raise ValueError(f"device name {device_name!r} has no letters or digits to name a file by")
-    return slug
-
-
-def default_profile_path(device=None) -> Path:
-    """profiles/<slug of the device's name>.json in the repository (where the server looks)."""
-    return PROFILES / f"{profile_name(device_name(device))}.json"
 
 
 # ----------------------------------------------------------------------------- the grid

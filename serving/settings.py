@@ -78,7 +78,7 @@ class Settings:
     checkpoint: Path = DEFAULT_CHECKPOINT
     checkpoint_from_env: bool = False   # False: the bundled default (a clearer message if missing)
     labels: Path | None = None
-    profile: Path | None = None          # None: serving.profile.default_profile_path(device)
+    profile: Path | None = None          # None: serving.devices.default_profile_path(device)
     device: str | None = None
     threads: int | None = None
     tmpdir: Path = Path(tempfile.gettempdir()) / "stretchysnake-uploads"

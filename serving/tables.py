@@ -21,6 +21,7 @@ import torch
 from model import count_flops
 from model.flops import tokens as count_tokens
 
+from . import devices
 from . import profile as prof
 from .selector import ProfileError, ProfileTable
 from .settings import Settings
@@ -153,7 +154,7 @@ def resolve_table(net, settings: Settings, device: torch.device,
         if not settings.profile.is_file():
             raise ProfileError("file not found (from STRETCHYSNAKE_PROFILE)", settings.profile)
         return ProfileTable.load(settings.profile), str(settings.profile)
-    default = prof.default_profile_path(device)
+    default = devices.default_profile_path(device)
     if default.is_file():
         table = ProfileTable.load(default)
         differ = differences(table, net)
@@ -161,7 +162,7 @@ def resolve_table(net, settings: Settings, device: torch.device,
             return table, str(default)
         log.warning("the profile table %s was measured on another model (%s): not used for "
                     "this one", default, ", ".join(differ))
-    slug = prof.profile_name(prof.device_name(device))
+    slug = devices.profile_name(devices.device_name(device))
     cached = settings.cache / "profiles" / f"{slug}-{model_fingerprint(net)}-quick.json"
     with _file_lock(cached.with_suffix(".lock")):
         if cached.is_file():

@@ -13,7 +13,7 @@ import torch
 
 from model import build_model, count_flops
 from model.config import get_config
-from serving import decode_cost
+from serving import decode_cost, devices
 from serving import profile as prof
 from serving.selector import ProfileError, ProfileTable
 from video import DecodeStats, decode_frames, probe
@@ -39,21 +39,21 @@ def tiny_net():
     ("NVIDIA H200", "nvidia-h200"),
 ])
 def test_profile_name_slugs(name, slug):
-    assert prof.profile_name(name) == slug
+    assert devices.profile_name(name) == slug
 
 
 def test_profile_name_refuses_a_name_without_letters():
     with pytest.raises(ValueError, match="no letters or digits"):
-        prof.profile_name(" (@) ")
+        devices.profile_name(" (@) ")
 
 
 def test_default_profile_path_is_in_the_repo_profiles_folder():
-    path = prof.default_profile_path("cpu")
-    assert path.parent == prof.PROFILES and path.parent.name == "profiles"
+    path = devices.default_profile_path("cpu")
+    assert path.parent == devices.PROFILES and path.parent.name == "profiles"
     assert (path.parent.parent / "serving" / "profile.py").is_file()
-    assert path.name == prof.profile_name(prof.cpu_model()) + ".json"
+    assert path.name == devices.profile_name(devices.cpu_model()) + ".json"
     with pytest.raises(ValueError):
-        prof.resolve_device("meta")
+        devices.resolve_device("meta")
 
 
 # ---- grid ---------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_profile_tiny_model_validates(tiny_net):
     parsed = ProfileTable.from_dict(table)
     assert [c.key for c in parsed.configs] == keys
     assert table["meta"]["batch_sizes"] == [1, 2] and table["meta"]["command"] == "test"
-    assert table["meta"]["threads"] == 1 and table["meta"]["device"] == prof.cpu_model()
+    assert table["meta"]["threads"] == 1 and table["meta"]["device"] == devices.cpu_model()
     assert table["decode_model"] is None
     for c, (t, px, p) in zip(table["configs"], keys):
         assert c["tokens"] == 1 + t * (px // p) ** 2  # 9, 65, 19

@@ -22,8 +22,8 @@ import torch
 
 import serving
 from model import count_flops
+from serving import devices
 from serving import engine as eng
-from serving import profile as prof
 from serving import tables
 from serving.correction import LatencyCorrector
 from serving.decode_cost import write_test_video
@@ -731,7 +731,7 @@ def test_engine_classifies_selects_and_corrects_online(engine, assets):
 
 def test_engine_measures_and_caches_a_quick_profile_when_none_exists(assets, tmp_path,
                                                                       monkeypatch):
-    monkeypatch.setattr(prof, "default_profile_path", lambda device=None: tmp_path / "none.json")
+    monkeypatch.setattr(devices, "default_profile_path", lambda device=None: tmp_path / "none.json")
     quick = tables.QuickProfile(frame_ratios=(0.5,), pixel_ratios=(0.5,), warmup=1, min_runs=1,
                              min_seconds=0, max_runs=1, decode_seconds=0.1,
                              decode_video_sides=(64,), decode_durations=(0.5,), decode_repeats=1)
@@ -755,7 +755,7 @@ def test_a_profile_table_of_another_model_is_not_used_for_this_one(assets, tmp_p
     d = json.loads(Path(assets["profile"]).read_text())
     d["meta"]["model"] = dict(d["meta"].get("model") or {}, embed_dim=96, depth=8)
     other.write_text(json.dumps(d))
-    monkeypatch.setattr(prof, "default_profile_path", lambda device=None: other)
+    monkeypatch.setattr(devices, "default_profile_path", lambda device=None: other)
     quick = tables.QuickProfile(frame_ratios=(1,), pixel_ratios=(1,), warmup=1, min_runs=1,
                                 min_seconds=0, max_runs=1, decode_seconds=0.1,
                                 decode_video_sides=(64,), decode_durations=(0.5,),
@@ -772,7 +772,7 @@ def test_a_profile_table_of_another_model_is_not_used_for_this_one(assets, tmp_p
     same = tmp_path / "same.json"
     d["meta"]["model"] = net.config.to_dict()
     same.write_text(json.dumps(d))
-    monkeypatch.setattr(prof, "default_profile_path", lambda device=None: same)
+    monkeypatch.setattr(devices, "default_profile_path", lambda device=None: same)
     assert tables.resolve_table(net, settings, torch.device("cpu"), quick)[1] == str(same)
 
 
