@@ -125,7 +125,7 @@ def main(argv=None):
         if not sep or not name or not path:
             sys.exit(f"--checkpoint takes NAME=PATH, got {item!r}")
         if not Path(path).exists():
-            sys.exit(f"checkpoint {name}: {path} not found (train it first: see README, 'Data, training and evaluation')")
+            sys.exit(f"checkpoint {name}: {path} not found (train it first: see docs/training.md)")
         checkpoints[name] = (path, load_checkpoint(path))
     served_path, served = next(iter(checkpoints.values()))
     cfg = served.config
