@@ -401,7 +401,7 @@ def test_swagger_ui_try_it_out_classifies_an_upload(server, assets):
     assert len(r.json()["labels"]) == len(LABELS) and r.json()["budget"]["ms"] is None
     # a budget typed in, other fields typed in and cleared
     edited = untouched | {"budget_ms": "50", "top_k": "2", "frames": "", "patch": "",
-                          "decode": '"exact"'}
+                          "decode": "exact"}
     headers, body = _swagger_ui_form(assets["clip_bytes"], edited)
     r = server["client"].post("/classify", content=body, headers=headers)
     assert r.status_code == 200, r.text
