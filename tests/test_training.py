@@ -262,6 +262,27 @@ def test_linear_probe_separates_what_is_separable_and_nothing_else(fresh_seed):
     assert (shuffled(x_new) == y_new).double().mean() <= 0.5
 
 
+def test_the_bundled_checkpoints_recipe_is_a_chain_of_valid_commands():
+    """training/recipes/bundled_nano.sh, printed (DRY_RUN=1): every training command parses,
+    the base and eleven stages of a StretchySnake/vanilla pair each start from the stage before,
+    and the last ones write what checkpoints/ holds."""
+    import shlex
+
+    script = ROOT / "training" / "recipes" / "bundled_nano.sh"
+    printed = subprocess.run(["bash", str(script)], env={**os.environ, "DRY_RUN": "1"},
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    runs = [train_mod.parse_args(shlex.split(line)[3:]) for line in printed.splitlines()
+            if line.startswith("python -m training.train")]
+    assert len(runs) == 1 + 2 * 11 and runs[0].out == "runs/base_v2" and runs[0].init is None
+    done = {"runs/base_v2"}
+    for r in runs[1:]:
+        assert r.init in done, (r.out, r.init)  # each stage starts from one already made
+        done.add(r.out)
+    assert {"runs/ss_ft11", "runs/van_ft11"} <= done
+    ss = [r for r in runs[1:] if r.out.startswith("runs/ss_")]
+    assert all(r.flex == "static_tokens" for r in ss) and len(ss) == 11
+
+
 def test_frame_cache_matches_sparse_decoding(dataset):
     samples, classes = load_samples(dataset / "manifest.csv", "test")
     from training.data import ClipDataset
