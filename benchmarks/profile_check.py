@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, print_table, save  # noqa: E402
 from model import VideoMambaConfig, build_model, load_checkpoint  # noqa: E402
 from serving.devices import default_profile_path, resolve_device  # noqa: E402
-from serving.profile import measure_interleaved  # noqa: E402
+from serving.latency import measure_interleaved  # noqa: E402
 from serving.selector import ProfileTable  # noqa: E402
 
 TOLERANCE = 0.15

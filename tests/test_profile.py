@@ -13,7 +13,7 @@ import torch
 
 from model import build_model, count_flops
 from model.config import get_config
-from serving import decode_cost, devices
+from serving import decode_cost, devices, latency
 from serving import profile as prof
 from serving.selector import ProfileError, ProfileTable
 from video import DecodeStats, decode_frames, probe
@@ -90,32 +90,32 @@ def test_grid_flags_and_skips():
 
 def test_time_runs_stops_at_min_runs_or_max_runs():
     calls = []
-    times = prof.time_runs(lambda: calls.append(1), warmup=2, min_runs=5, min_seconds=0, max_runs=9)
+    times = latency.time_runs(lambda: calls.append(1), warmup=2, min_runs=5, min_seconds=0, max_runs=9)
     assert len(times) == 5 and len(calls) == 7 and all(t >= 0 for t in times)
-    times = prof.time_runs(lambda: None, warmup=0, min_runs=2, min_seconds=60, max_runs=11)
+    times = latency.time_runs(lambda: None, warmup=0, min_runs=2, min_seconds=60, max_runs=11)
     assert len(times) == 11  # the cap wins over min_seconds
     with pytest.raises(ValueError):
-        prof.time_runs(lambda: None, min_runs=5, max_runs=4)
+        latency.time_runs(lambda: None, min_runs=5, max_runs=4)
 
 
 def test_time_interleaved_visits_every_function_in_rounds():
     trace = []
     fns = [lambda i=i: trace.append(i) for i in range(3)]
     rounds = []
-    times = prof.time_interleaved(fns, warmup=1, min_runs=4, min_seconds=0, max_runs=9, per_round=2,
+    times = latency.time_interleaved(fns, warmup=1, min_runs=4, min_seconds=0, max_runs=9, per_round=2,
                                   on_round=rounds.append)
     assert [len(t) for t in times] == [4, 4, 4]
     # warm-up (one call each), then rounds of two calls per function: drift is shared by all
     assert trace == [0, 1, 2] + [0, 0, 1, 1, 2, 2] * 2
     assert rounds == [0, 3]
-    capped = prof.time_interleaved(fns[:2], warmup=0, min_runs=2, min_seconds=60, max_runs=5, per_round=3)
+    capped = latency.time_interleaved(fns[:2], warmup=0, min_runs=2, min_seconds=60, max_runs=5, per_round=3)
     assert [len(t) for t in capped] == [5, 5]
     with pytest.raises(ValueError):
-        prof.time_interleaved(fns, min_runs=5, max_runs=4)
+        latency.time_interleaved(fns, min_runs=5, max_runs=4)
 
 
 def test_summarize_percentiles():
-    s = prof.summarize(list(range(1, 101)))  # 1..100 ms
+    s = latency.summarize(list(range(1, 101)))  # 1..100 ms
     assert s["p50"] == 50.5
     assert s["p95"] == pytest.approx(95.05) and s["p99"] == pytest.approx(99.01)
     assert (s["min"], s["max"], s["mean"]) == (1, 100, 50.5)
@@ -128,7 +128,7 @@ def test_peak_memory_sees_an_allocation():
         with mmap.mmap(-1, 40 * 2**20) as buf:
             buf.write(b"x" * len(buf))
 
-    mb = prof.peak_memory_mb(touch_fresh_pages, torch.device("cpu"))
+    mb = latency.peak_memory_mb(touch_fresh_pages, torch.device("cpu"))
     if mb is None:
         pytest.skip("no /proc/self/clear_refs here")
     assert 30 <= mb <= 200
