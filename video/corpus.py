@@ -465,8 +465,8 @@ def hostile_cases(skipped: list) -> list[Case]:
                       note=f"64x48 stream + {BOMB_STREAMS} streams of {BOMB_SIDE}x{BOMB_SIDE}: "
                            "opening it decodes them all"))
     cases.append(Case(f"streams_{BOMB_STREAMS}x{BOMB_SIDE}.mkv", bomb(fmt="matroska"), 200,
-                      note=f"the bomb's streams in Matroska, which lists them before opening "
-                           f"decodes anything: video.source tells those decoders to skip"))
+                      note="the bomb's streams in Matroska, which lists them before opening "
+                           "decodes anything: video.source tells those decoders to skip"))
     return cases
 
 
