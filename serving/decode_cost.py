@@ -193,15 +193,19 @@ class DecodeModel:
             active.pop(int(np.argmin(sol)))
         c = dict(zip(names, coef.tolist()))
         model = cls(c["const"], {t: c[t] for t in TERMS}, {k: c[f"mpx:{k}"] for k in codecs})
-        pred = np.array([model.predict_meta(s, s["frames"], s.get("pixels"),
-                                            s.get("decode", "exact")) for s in samples])
-        rel = np.abs(pred / y - 1)
+        rel = np.abs(model.relative_errors(samples))
         fit = {"samples": len(samples), "codecs": codecs,
                "median_abs_rel_error": round(float(np.median(rel)), 4),
                "p90_abs_rel_error": round(float(np.percentile(rel, 90)), 4),
                "max_abs_rel_error": round(float(rel.max()), 4),
                "ms_range": [round(float(y.min()), 3), round(float(y.max()), 3)]}
         return cls(model.const_ms, model.coef_ms, model.per_mpx_ms, fit)
+
+    def relative_errors(self, samples: Sequence[Mapping]) -> np.ndarray:
+        """predicted / measured - 1 for each measurement (> 0: predicted too slow)."""
+        return np.array([self.predict_meta(s, s["frames"], s.get("pixels"),
+                                           s.get("decode", "exact")) / s["ms"] - 1
+                         for s in samples])
 
     def to_dict(self) -> dict:
         return {"kind": DECODE_KIND,
@@ -246,8 +250,7 @@ def heldout_report(model: DecodeModel, samples: Sequence[Mapping]) -> dict:
     (> 0: predicts too slow)."""
     if not samples:
         return {"samples": 0}
-    rel = np.array([model.predict_meta(s, s["frames"], s.get("pixels"), s.get("decode", "exact"))
-                    / s["ms"] - 1 for s in samples])
+    rel = model.relative_errors(samples)
     return {"samples": len(samples),
             "within_25pct": round(float(np.mean(np.abs(rel) <= 0.25)), 4),
             "median_abs_rel_error": round(float(np.median(np.abs(rel))), 4),
@@ -320,8 +323,8 @@ def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Se
     """Median ms of decode_frames(path, T, short_side=P, info=probe(path), decode_mode=D) per
     video, T, P and D in `decodes` (keyframe mode only where keyframe_mode_applies: elsewhere it
     is exact decoding), with the file's name, the video's metadata (META_KEYS), frames, pixels,
-    decode, ms and what the decoder did (frames_decoded, seeks). The probe is not timed: the server probes
-    before it selects. Stops early, with what it has, once budget_s seconds have passed; the
+    decode, ms and what the decoder did (frames_decoded, seeks). The probe is not timed: the
+    server probes before it selects. Stops early, with what it has, once budget_s seconds have passed; the
     jobs run in a seeded random order so that what it has still covers every video, T and P."""
     start = time.monotonic()
     samples = []
