@@ -231,29 +231,25 @@ def profile_decode(frames: Sequence[int], short_sides: Sequence[int], *,
     held_names = {c.name for c in camera[1::2]}
     fit_camera = [s for s in measured if s["file"] not in held_names]
     held = [s for s in measured if s["file"] in held_names]
-    today = DecodeModel.fit_samples(samples)
-    model = DecodeModel.fit_samples(fit_camera) if camera else today
     planned = len(paths) * len(frames) * len(short_sides)  # exact; keyframe where it applies
     exact = sum(s["decode"] == "exact" for s in samples)
-    out = {**model.to_dict(), "videos": {"short_sides": list(video_sides),
-                                         "durations_s": list(durations), "codecs": list(codecs),
-                                         "repeats": repeats, "measured": exact,
-                                         "planned": planned,
-                                         "keyframe_measured": len(samples) - exact},
+    out = {"videos": {"short_sides": list(video_sides), "durations_s": list(durations),
+                      "codecs": list(codecs), "repeats": repeats, "measured": exact,
+                      "planned": planned, "keyframe_measured": len(samples) - exact},
            "samples": [_rounded(s) for s in (fit_camera if camera else samples)]}
     if camera:
         out["videos"]["camera"] = {"fit": [c.name for c in camera[0::2]],
                                    "heldout": [c.name for c in camera[1::2]]}
-        out["heldout"] = {"this_model": heldout_report(model, held),
-                          "test_videos_only": heldout_report(today, held),
-                          "samples": [_rounded(s) for s in held],
+        out["heldout"] = {"samples": [_rounded(s) for s in held],
                           "test_video_samples": [_rounded(s) for s in samples]}
-    return out
+    return fit_decode(out)
 
 
-def refit_decode(decode: Mapping) -> dict:
-    """A profile_decode() result fitted again from its stored samples (after a change to the
-    decode-cost model), with its held-out report, if it has one, computed again."""
+def fit_decode(decode: Mapping) -> dict:
+    """A decode-model entry fitted from the samples it holds (the profiler's measurements, or a
+    table's stored ones after a change to the decode-cost model): DecodeModel.to_dict() merged
+    in and, where it holds held-out samples, their report for this model and for the model the
+    test videos alone give."""
     model = DecodeModel.fit_samples(decode["samples"])
     out = {**decode, **model.to_dict()}
     heldout = decode.get("heldout")
@@ -449,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.decode_refit:
         try:
             existing = ProfileTable.load(out).to_dict()
-            decode = refit_decode(existing["decode_model"] or {})
+            decode = fit_decode(existing["decode_model"] or {})
         except (ProfileError, KeyError, ValueError) as e:
             ap.error(f"--decode-refit needs a table with decode samples at --out: {e}")
         existing["decode_model"] = decode

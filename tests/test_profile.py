@@ -234,7 +234,7 @@ def test_camera_clips_fit_half_and_report_the_other_half(tmp_path, monkeypatch):
     assert d["heldout"]["this_model"] == decode_cost.heldout_report(model, held)
     assert d["heldout"]["test_videos_only"]["samples"] == len(held)
     assert "this_model" in prof.heldout_table(d["heldout"])
-    assert prof.refit_decode(d)["heldout"]["this_model"] == d["heldout"]["this_model"]
+    assert prof.fit_decode(d)["heldout"]["this_model"] == d["heldout"]["this_model"]
     # written once: a second run reuses the files
     stamp = (tmp_path / "camera" / clips[0].name).stat().st_mtime_ns
     prof.profile_decode([2], [32], video_sides=(48,), durations=(1.0,), repeats=1,
