@@ -17,6 +17,11 @@ PROTECTED = ("/classify", "/profile")
 METRICS = "/metrics"
 
 
+def protected_paths(metrics_need_key: bool) -> tuple[str, ...]:
+    """The paths the key guards: PROTECTED, and /metrics when STRETCHYSNAKE_METRICS_NEED_KEY."""
+    return PROTECTED + ((METRICS,) if metrics_need_key else ())
+
+
 def _bearer(headers) -> bytes | None:
     """The token of an `Authorization: Bearer <token>` header (None when there is none)."""
     for name, value in headers:

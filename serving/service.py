@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import serving
-from serving.auth import METRICS, PROTECTED, ApiKeyMiddleware
+from serving.auth import ApiKeyMiddleware, protected_paths
 from serving.errors import NotReady
 from serving.handler import ClassifyHandler, Loader
 from serving.options import NAMES, SPECS, Spec
@@ -278,8 +278,8 @@ class StretchySnake:
         log.info("StretchySnake worker %d: loading %s in the background", os.getpid(),
                  self.settings.checkpoint)
         if self.settings.api_key:
-            log.info("an API key is required on %s", ", ".join(
-                PROTECTED + ((METRICS,) if self.settings.metrics_need_key else ())))
+            log.info("an API key is required on %s",
+                     ", ".join(protected_paths(self.settings.metrics_need_key)))
         self.loader.start()
         self._drain_on_sigterm(asyncio.get_running_loop())
 
@@ -348,4 +348,4 @@ _keyed = _api_key_settings()
 if _keyed is not None:  # checked before any body is read (serving.auth)
     StretchySnake.add_asgi_middleware(
         ApiKeyMiddleware, key=_keyed.api_key,
-        protected=PROTECTED + ((METRICS,) if _keyed.metrics_need_key else ()))
+        protected=protected_paths(_keyed.metrics_need_key))
