@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from video import DECODE_MODES
 
 from .errors import BadParameters
+from .settings import parse_flag
 
 DEFAULT_TOP_K = 5
 
@@ -49,17 +50,11 @@ def _positive_int(text: str):
     return v
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
 def _boolean(text: str):
-    low = text.lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError("must be a boolean (true/false)")
+    try:
+        return parse_flag(text)
+    except ValueError:
+        raise ValueError("must be a boolean (true/false)") from None
 
 
 def _decode_mode(text: str):

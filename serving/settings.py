@@ -73,6 +73,21 @@ class SettingsError(ValueError):
     """Settings the server cannot start with."""
 
 
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def parse_flag(text: str) -> bool:
+    """true/1/yes/on or false/0/no/off, any case (the settings' and the request options'
+    booleans); ValueError otherwise."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     checkpoint: Path = DEFAULT_CHECKPOINT
@@ -144,10 +159,9 @@ class Settings:
             else:
                 values["api_key"] = key
         if get("METRICS_NEED_KEY"):
-            flag = get("METRICS_NEED_KEY").strip().lower()
-            if flag in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                values["metrics_need_key"] = flag in ("true", "1", "yes", "on")
-            else:
+            try:
+                values["metrics_need_key"] = parse_flag(get("METRICS_NEED_KEY"))
+            except ValueError:
                 problems.append(f"{PREFIX}METRICS_NEED_KEY={get('METRICS_NEED_KEY')!r}: must "
                                 f"be true or false")
         for key, name, allowed in (("decode_isolation", "DECODE_ISOLATION", ISOLATION_MODES),
