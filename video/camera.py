@@ -24,6 +24,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .corpus import can_encode
+
 
 def _scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """A float32 (H, W, 3) picture: colour gradients plus blurred texture."""
@@ -174,16 +176,8 @@ def realistic_set(encoders=None) -> list[CameraClip]:
         CameraClip(1440, 1080, 30, 6, 1.0),
     ]
     if encoders is None:
-        encoders = {c.codec for c in clips if _can_encode(c.codec)}
+        encoders = {c.codec for c in clips if can_encode(c.codec)}
     return [c for c in clips if c.codec in encoders]
-
-
-def _can_encode(codec: str) -> bool:
-    try:
-        av.codec.Codec(codec, "w")
-    except Exception:  # noqa: BLE001 - PyAV raises several kinds for an absent encoder
-        return False
-    return True
 
 
 def encode_rgb(container, stream, pictures) -> None:

@@ -82,14 +82,16 @@ class Corpus:
 
 
 # ----------------------------------------------------------------------------- encoding
-def _can_encode(codec: str) -> bool:
+def can_encode(codec: str) -> bool:
+    """Can this FFmpeg build encode `codec`?"""
     try:
         return av.codec.Codec(codec, "w") is not None
     except Exception:  # noqa: BLE001 - unknown to this build
         return False
 
 
-def _can_decode(codec: str) -> bool:
+def can_decode(codec: str) -> bool:
+    """Can this FFmpeg build decode `codec`?"""
     try:
         return av.codec.Codec(codec, "r") is not None
     except Exception:  # noqa: BLE001
@@ -381,8 +383,8 @@ def valid_cases(skipped: list) -> list[Case]:
     cases = []
     for name, codec, fmt, pix_fmt, extra, decoder in _VALID:
         audio = extra.get("audio")
-        missing = [c for c in (codec, audio) if c and not _can_encode(c)]
-        if missing or not _can_decode(decoder):
+        missing = [c for c in (codec, audio) if c and not can_encode(c)]
+        if missing or not can_decode(decoder):
             what = f"encoder {missing[0]}" if missing else f"decoder {decoder}"
             skipped.append(f"{name}: no {what}")
             continue
@@ -394,7 +396,7 @@ def valid_cases(skipped: list) -> list[Case]:
             skipped.append(f"{name}: {codec} failed ({e})")
             continue
         cases.append(Case(name, data, 200, note=f"{codec} {pix_fmt} in {fmt}"))
-    if _can_encode("libx264"):
+    if can_encode("libx264"):
         base = encode("libx264", "mp4")
         cases.append(Case("header_claims_8k.mp4", mp4_claiming_size(base, 7680, 4320), 200,
                           note="tkhd and avc1 say 7680x4320; the bitstream (which FFmpeg "
@@ -447,7 +449,7 @@ def hostile_cases(skipped: list) -> list[Case]:
              encode("libx264", "matroska", frames=2, pts_ms=[0, 36_000_000]), 413, "too_long",
              "duration is 36000"),
     ]
-    if _can_encode("libmp3lame"):
+    if can_encode("libmp3lame"):
         cases.append(Case("audio_only.mp3", audio_only("libmp3lame", "mp3"), 415, no_stream,
                           "no video stream"))
     else:
