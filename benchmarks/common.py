@@ -29,6 +29,18 @@ def ensure_data(manifest: Path) -> Path:
     return manifest
 
 
+def camera_clip(cache: Path, width: int, height: int, fps: float, gop_s: float,
+                seconds: float) -> Path:
+    """A phone-like H.264 clip (`video.camera.CameraClip`) under `cache`, written the first time
+    (minutes at 1080p; said on stderr) and reused after."""
+    from video.camera import CameraClip
+
+    clip = CameraClip(width, height, fps, seconds, gop_s)
+    if not (Path(cache) / clip.name).exists():
+        print(f"writing {clip.name} ...", file=sys.stderr, flush=True)
+    return clip.write(cache)
+
+
 def timeit(fn, repeats: int = 10, warmup: int = 2, min_time: float = 0.0) -> dict:
     """Run fn warmup times, then at least `repeats` times (and at least min_time seconds);
     milliseconds: min, median, p90."""

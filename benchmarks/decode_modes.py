@@ -23,11 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import RESULTS, print_table, save  # noqa: E402
+from benchmarks.common import RESULTS, camera_clip, print_table, save  # noqa: E402
 import av  # noqa: E402
 
 from video import DecodeStats, decode_frames, probe  # noqa: E402
-from video.camera import write_camera_clip  # noqa: E402
 
 MODES = ("exact", "keyframe")
 
@@ -71,14 +70,7 @@ def main(argv=None) -> int:
 
     rows = []
     for seconds in args.seconds:
-        path = args.cache / f"camera-{width}x{height}-{args.fps:g}fps-gop{args.gop_s:g}s-" \
-                            f"{seconds:g}s.mp4"
-        if not path.exists():
-            t0 = time.perf_counter()
-            print(f"writing {path.name} ...", end=" ", flush=True)
-            write_camera_clip(path.with_suffix(".part.mp4"), width, height, seconds, args.fps,
-                              args.gop_s).rename(path)
-            print(f"{time.perf_counter() - t0:.0f} s", flush=True)
+        path = camera_clip(args.cache, width, height, args.fps, args.gop_s, seconds)
         info = probe(path)
         key_share, key_ratio = keyframe_bytes(path)
         for frames in args.frames:

@@ -26,25 +26,13 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from benchmarks.common import RESULTS, print_table, save  # noqa: E402
+from benchmarks.common import RESULTS, camera_clip, print_table, save  # noqa: E402
 from serving.devices import default_profile_path  # noqa: E402
 from serving.testing import serve, server_env  # noqa: E402
-from video.camera import write_camera_clip  # noqa: E402
 
 
 def _numbers(text: str, kind=float) -> list:
     return [kind(x) for x in text.split(",") if x]
-
-
-def clip_path(cache: Path, width: int, height: int, fps: float, gop_s: float,
-              seconds: float) -> Path:
-    """The camera clip of benchmarks/decode_modes.py's cache, written when missing."""
-    path = cache / f"camera-{width}x{height}-{fps:g}fps-gop{gop_s:g}s-{seconds:g}s.mp4"
-    if not path.exists():
-        print(f"writing {path.name} ...", file=sys.stderr, flush=True)
-        write_camera_clip(path.with_suffix(".part.mp4"), width, height, seconds, fps,
-                          gop_s).rename(path)
-    return path
 
 
 def main(argv=None) -> int:
@@ -59,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
-    clips = [clip_path(args.cache, 1920, 1080, 30, 1.0, s) for s in args.seconds]
+    clips = [camera_clip(args.cache, 1920, 1080, 30, 1.0, s) for s in args.seconds]
     profile = args.profile or default_profile_path()
 
     rows = []
