@@ -8,9 +8,8 @@ seconds) once under --cache, then decodes --frames frames of each at --short-sid
 interleaved, --repeats times, one process, one file at a time (as a decoding process of the
 server does). Prints the median milliseconds per mode, the speed-up, the pictures decoded and
 the keyframes' share of the bits (decoding a picture costs about its bits, so heavy keyframes
-bound the speed-up);
-writes decode_modes.json under --out-dir (benchmarks/results). The machine is shared and noisy: compare the two
-modes of one run, not runs of different days.
+bound the speed-up); writes decode_modes.json under --out-dir (benchmarks/results). The machine
+is shared and noisy: compare the two modes of one run, not runs of different days.
 """
 from __future__ import annotations
 

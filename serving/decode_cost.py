@@ -324,8 +324,9 @@ def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Se
     video, T, P and D in `decodes` (keyframe mode only where keyframe_mode_applies: elsewhere it
     is exact decoding), with the file's name, the video's metadata (META_KEYS), frames, pixels,
     decode, ms and what the decoder did (frames_decoded, seeks). The probe is not timed: the
-    server probes before it selects. Stops early, with what it has, once budget_s seconds have passed; the
-    jobs run in a seeded random order so that what it has still covers every video, T and P."""
+    server probes before it selects. Stops early, with what it has, once budget_s seconds have
+    passed; the jobs run in a seeded random order so that what it has still covers every video,
+    T and P."""
     start = time.monotonic()
     samples = []
     infos = {path: None for path in paths}

@@ -86,10 +86,16 @@ def default_patch(cfg, pixels: int, rule: str = "static_tokens") -> int:
     return static_tokens_patch(pixels, cfg.grid_size)
 
 
+def _frozen_features(net, splits, classes, frames, pixels, patch, batch_size, workers):
+    """(cls features, labels) of each list of samples in `splits`, at one configuration."""
+    return [features_and_labels(net, samples, classes, frames, pixels, patch, batch_size, workers,
+                                logits=False) for samples in splits]
+
+
 def retrieval_top1(net, train, test, classes, frames, pixels, patch, batch_size=16, workers=0) -> float:
     """Nearest neighbour by cosine similarity of cls features, test -> train."""
-    f_train, y_train = features_and_labels(net, train, classes, frames, pixels, patch, batch_size, workers, logits=False)
-    f_test, y_test = features_and_labels(net, test, classes, frames, pixels, patch, batch_size, workers, logits=False)
+    (f_train, y_train), (f_test, y_test) = _frozen_features(
+        net, (train, test), classes, frames, pixels, patch, batch_size, workers)
     sim = F.normalize(f_test, dim=-1) @ F.normalize(f_train, dim=-1).T
     return (y_train[sim.argmax(-1)] == y_test).float().mean().item()
 
@@ -127,8 +133,8 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, classes: int,
 def linear_probe_top1(net, train, test, classes, frames, pixels, patch, batch_size=16,
                       workers=0) -> float:
     """Top-1 on `test` of a linear classifier fitted on the frozen cls features of `train`."""
-    f_train, y_train = features_and_labels(net, train, classes, frames, pixels, patch, batch_size, workers, logits=False)
-    f_test, y_test = features_and_labels(net, test, classes, frames, pixels, patch, batch_size, workers, logits=False)
+    (f_train, y_train), (f_test, y_test) = _frozen_features(
+        net, (train, test), classes, frames, pixels, patch, batch_size, workers)
     predict = fit_linear_probe(f_train, y_train, len(classes))
     return (predict(f_test) == y_test).float().mean().item()
 

@@ -7,8 +7,8 @@ own memory. Opening a container can already decode: FFmpeg's `avformat_find_stre
 the first frames of every stream, keeping each stream's decoder, before `probe` sees a size
 (`video.source` tells those decoders to skip every frame, which holds only where the container
 lists its streams before that call: not FLV or MPEG-PS). Measured on the 2-core development
-machine with `video.corpus.bomb` (then in Matroska, before that change): 122 KB (one 64x48 stream and sixteen
-4096x4096 H.264 streams) keep `probe` busy 1.5-2.2 s even with `max_decode_s=0.05` (probe has
+machine with `video.corpus.bomb` (then in Matroska, before that change): 122 KB (one 64x48
+stream and sixteen 4096x4096 H.264 streams) keep `probe` busy 1.5-2.2 s even with `max_decode_s=0.05` (probe has
 no deadline; `decode_frames` raises DecodeTimeout only after its own 1.3-1.8 s `av.open`) and
 raise the peak RSS by 0.35-1.2 GB; 481 KB (64 streams) take 9.3 s and 4.6 GB; FFmpeg accepts
 1000 streams. A 200 KB raw stream of 8192x8192 frames costs 0.9 GB before `FrameTooLarge`.
