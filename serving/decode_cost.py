@@ -319,14 +319,15 @@ def write_test_videos(directory: Path, short_sides: Sequence[int] = (128, 240, 4
 
 def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Sequence[int],
                    repeats: int = 3, budget_s: float | None = None,
-                   progress=None, decodes: Sequence[str] = ("exact", "keyframe")) -> list[dict]:
+                   progress=None, decodes: Sequence[str] = ("exact", "keyframe"),
+                   progress_start: int = 0) -> list[dict]:
     """Median ms of decode_frames(path, T, short_side=P, info=probe(path), decode_mode=D) per
     video, T, P and D in `decodes` (keyframe mode only where keyframe_mode_applies: elsewhere it
     is exact decoding), with the file's name, the video's metadata (META_KEYS), frames, pixels,
     decode, ms and what the decoder did (frames_decoded, seeks). The probe is not timed: the
     server probes before it selects. Stops early, with what it has, once budget_s seconds have
     passed; the jobs run in a seeded random order so that what it has still covers every video,
-    T and P."""
+    T and P. `progress_start`: the jobs a shared `progress` counted before this call."""
     start = time.monotonic()
     samples = []
     infos = {path: None for path in paths}
@@ -352,5 +353,6 @@ def measure_decode(paths: Sequence[Path], frames: Sequence[int], short_sides: Se
                         "ms": round(float(np.median(times)), 4),
                         "frames_decoded": stats.frames_decoded, "seeks": stats.seeks})
         if progress is not None:
-            progress.update(i + 1, f"{Path(path).name} {t} frames @{side}px {decode}")
+            progress.update(progress_start + i + 1,
+                            f"{Path(path).name} {t} frames @{side}px {decode}")
     return samples

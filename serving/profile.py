@@ -225,7 +225,8 @@ def profile_decode(frames: Sequence[int], short_sides: Sequence[int], *,
         try:
             samples = measure_decode(paths, frames, short_sides, repeats, budget_s, progress)
             measured = measure_decode(camera_paths, frames, short_sides, repeats,
-                                      progress=progress) if camera else []
+                                      progress=progress,
+                                      progress_start=jobs * len(paths)) if camera else []
         finally:
             progress.close()
     held_names = {c.name for c in camera[1::2]}
