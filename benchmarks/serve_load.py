@@ -43,7 +43,9 @@ temporary files left behind, p99 and budgets met per budget. Exit status 1 when 
 
 Mixed budgets (--mixed, issue 29): every request draws its budget from --mix (default: 60, 100,
 150, 250 and 500 ms, or none), the same sequence for every policy of --policies (default
-deadline,fifo: one server each, started in turn, so that one run shows both side by side). Per
+deadline,fifo: one server each, started in turn, so that one run shows both side by side; a
+policy may carry settings of its own, deadline:URGENT_SLOTS=0 for the scheduler without its
+urgent lane). Per
 concurrency level and policy: the share of latency budgets met at the client (a 200 answer
 within budget_ms of sending it; every budgeted request counts, errors and late answers too),
 the effective accuracy (correct and within budget, over all budgeted requests; needs --data),
@@ -68,6 +70,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -513,6 +516,22 @@ def server_env(args, work: Path, tmpdir: Path) -> tuple[dict, str]:
     return env, what
 
 
+def policy_env(policy: str) -> dict[str, str]:
+    """"deadline" or "fifo", optionally with settings: "deadline:URGENT_SLOTS=0" ->
+    the server's STRETCHYSNAKE_* variables (ValueError for anything else)."""
+    name, *settings = policy.split(":")
+    if name not in ("deadline", "fifo"):
+        raise ValueError(f"a policy is deadline or fifo (with :SETTING=VALUE), not {policy!r}")
+    env = {"STRETCHYSNAKE_SCHEDULER": name}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not (sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", key) and value):
+            raise ValueError(f"{item!r} in {policy!r}: settings are written NAME=VALUE, the "
+                             f"name of a STRETCHYSNAKE_ variable without its prefix")
+        env["STRETCHYSNAKE_" + key] = value
+    return env
+
+
 @contextlib.contextmanager
 def server(args, work: Path, policy: str | None = None):
     """(url, pid or None, uploads directory or None, info): the --url server, or one started
@@ -524,12 +543,12 @@ def server(args, work: Path, policy: str | None = None):
         yield url, pid, args.server_tmpdir, {"started_here": False, "url": url}
         return
     if policy is not None:
-        work = work / policy
+        work = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
     tmpdir = work / "uploads"
     tmpdir.mkdir(parents=True)
     env, what = server_env(args, work, tmpdir)
     if policy is not None:
-        env["STRETCHYSNAKE_SCHEDULER"] = policy
+        env.update(policy_env(policy))
     log = work / "server.log"
     print(f"starting bentoml serve ({what}); log: {log}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -935,7 +954,8 @@ def parse_args(argv=None):
                    help="each request draws its budget from --mix; one server per --policies")
     g.add_argument("--mix", default=DEFAULT_MIX, help=f"budgets drawn from (default {DEFAULT_MIX})")
     g.add_argument("--policies", default="deadline,fifo",
-                   help="STRETCHYSNAKE_SCHEDULER of each server, side by side (deadline,fifo)")
+                   help="STRETCHYSNAKE_SCHEDULER of each server, side by side, each with "
+                        "settings of its own if given: deadline:URGENT_SLOTS=0 (deadline,fifo)")
     g = ap.add_argument_group("the clips")
     g.add_argument("--data", type=Path, help="a manifest.csv: its --split clips, and top-1")
     g.add_argument("--split", default="test")
@@ -955,6 +975,8 @@ def parse_args(argv=None):
         args.budget_list = [Budget.parse(b) for b in args.budgets.split(",") if b.strip()]
         args.mix_list = [Budget.parse(b) for b in args.mix.split(",") if b.strip()]
         args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        for policy in args.policies:
+            policy_env(policy)
         levels = args.concurrency or ("8" if args.soak else "1,4,8" if args.mixed else "1,4")
         args.concurrency = [int(c) for c in levels.split(",") if c.strip()]
     except ValueError as e:
@@ -971,9 +993,8 @@ def parse_args(argv=None):
         ap.error("--requests and --duration must be positive")
     if args.mixed and (args.soak is not None or args.frontier or args.url):
         ap.error("--mixed starts its own servers: no --soak, --frontier or --url")
-    if args.mixed and (not args.mix_list or not args.policies
-                       or set(args.policies) - {"deadline", "fifo"}):
-        ap.error("--mixed needs a --mix and --policies among deadline, fifo")
+    if args.mixed and (not args.mix_list or not args.policies):
+        ap.error("--mixed needs a --mix and --policies")
     if args.frontier and (not args.data or args.soak is not None or args.concurrency[0] != 1
                           or args.duration is not None):
         ap.error("--frontier needs --data, a first --concurrency of 1 and --requests (every "

@@ -49,12 +49,15 @@ class StageCorrection:
         self.ratios: collections.deque = collections.deque(maxlen=window)
         self.min_samples, self.q, self.tail_samples = min_samples, q, tail_samples
         self.floor_ms, self.low, self.high = floor_ms, low, high
+        self._scale: float | None = None  # computed once per observation, read per prediction
+        self._fresh = True
 
     def observe(self, observed_ms: float, baseline_ms: float) -> None:
         if not (math.isfinite(observed_ms) and math.isfinite(baseline_ms)) or baseline_ms <= 0 \
                 or observed_ms < 0:
             return
         self.ratios.append(max(observed_ms, 1e-6) / max(baseline_ms, self.floor_ms))
+        self._fresh = False
 
     @property
     def samples(self) -> int:
@@ -62,6 +65,11 @@ class StageCorrection:
 
     def scale(self) -> float | None:
         """None until `min_samples` ratios have been seen."""
+        if not self._fresh:
+            self._scale, self._fresh = self._compute(), True
+        return self._scale
+
+    def _compute(self) -> float | None:
         if len(self.ratios) < self.min_samples:
             return None
         median = statistics.median(self.ratios)

@@ -107,7 +107,9 @@ def model_threads(settings: Settings, device: torch.device) -> int:
 def policy_for(settings: Settings, device: torch.device) -> Policy:
     """The scheduler's policy from the settings (batching by default on CUDA only)."""
     batch = settings.max_batch or (8 if device.type == "cuda" else 1)
+    urgent = settings.urgent_slots if settings.decode_isolation == "process" else 0
     return Policy(name=settings.scheduler, decode_slots=settings.decode_slots, max_batch=batch,
+                  urgent_slots=0 if settings.scheduler == "fifo" else urgent,
                   shared_cores=device.type == "cpu", margin_ms=settings.deadline_margin_ms,
                   default_deadline_ms=settings.default_deadline_ms,
                   age_bound_ms=settings.age_bound_ms)
@@ -117,7 +119,8 @@ class Engine:
     def __init__(self, net, labels: list[str], table: ProfileTable, decode_model: DecodeModel,
                  *, device: torch.device, limits: Limits, source: str = "",
                  notes: list[str] | None = None, corrector: LatencyCorrector | None = None,
-                 decoder=None, policy: Policy = Policy(), on_change=None):
+                 decoder=None, background_decoder=None, policy: Policy = Policy(),
+                 on_change=None):
         self.net = net.eval()
         self.labels = list(labels)
         self.table = table
@@ -128,6 +131,7 @@ class Engine:
         self.notes = list(notes or [])
         self.corrector = corrector or LatencyCorrector()
         self.decoder = decoder if decoder is not None else make_decoder("inline")
+        self.background_decoder = background_decoder  # niced decoding processes, or None
         self.policy = policy
         self._on_change = on_change
         self.configs: dict[Key, ProfiledConfig] = {c.key: c for c in table.configs}
@@ -182,12 +186,20 @@ class Engine:
         limits = Limits(max_bytes=settings.max_upload_bytes,
                         max_duration_s=settings.max_duration_s,
                         max_decode_s=settings.max_decode_s)
-        # one decoding process per decode slot, and one more for probes
-        decoder = make_decoder(settings.decode_isolation, settings.decode_memory_mb << 20,
-                               processes=settings.decode_slots + 1)
+        policy = policy_for(settings, device)
+        memory = settings.decode_memory_mb << 20
+        # one decoding process per decode slot, and one more for probes; with urgent slots, the
+        # decode slots' processes run niced in a pool of their own (the background lane)
+        background = None
+        if policy.urgent_slots:
+            background = make_decoder(settings.decode_isolation, memory,
+                                      processes=policy.decode_slots, nice=settings.decode_nice)
+            background.start()
+        decoder = make_decoder(settings.decode_isolation, memory,
+                               processes=(policy.urgent_slots or policy.decode_slots) + 1)
         decoder.start()  # decoding processes start in the background, beside the warm-up
         return cls(net, labels, table, decode, device=device, limits=limits, source=source,
-                   notes=notes, decoder=decoder, policy=policy_for(settings, device),
+                   notes=notes, decoder=decoder, background_decoder=background, policy=policy,
                    on_change=on_change)
 
     @classmethod
@@ -269,7 +281,7 @@ class Engine:
         self.predictor = Predictor(self.table, self.decode_model, self.preprocess_ms,
                                    self.corrector)
         self.stages = Stages(self.net, self.labels, self.device, self.decoder, self.limits,
-                             self.predictor)
+                             self.predictor, background=self.background_decoder)
         predictor = self.predictor
         scheduler = Scheduler(self.policy, batch_ms=lambda o, n: predictor.batch_ms(
             o.key, n, o.model_ms))
@@ -318,10 +330,11 @@ class Engine:
         """Queue a probed request; the future gives its JSON answer. `arrival`: its arrival
         (time.perf_counter()); `stages_ms`: what was measured before (upload, probe). Raises
         BadParameters, or BudgetInfeasible for a strict budget that cannot be met now."""
-        predicted = {}
+        offers = self.offers(info, options)
+        predicted = self.predictor.predict_all(info, [(key, mode) for key, mode, _ in offers])
         every = []
-        for key, mode, value in self.offers(info, options):
-            p = predicted[key, mode] = self.predictor.predict(info, key, mode)
+        for key, mode, value in offers:
+            p = predicted[key, mode]
             every.append(Option(key, value, self.configs[key].gflops, p.decode + p.preprocess,
                                 p.model, mode))
         allowed, gflops_ok = within_gflops(every, options.budget_gflops)
@@ -366,6 +379,8 @@ class Engine:
         if self.runner is not None:
             self.runner.close()
         self.decoder.close()
+        if self.background_decoder is not None:
+            self.background_decoder.close()
 
     # -- introspection
     def profile_view(self) -> dict:
@@ -387,13 +402,27 @@ class Engine:
             "scheduler": {**dataclasses.asdict(self.policy),
                           "queue": self.runner.scheduler.depth() if self.runner else None},
             "limits": dataclasses.asdict(self.limits),
-            "decoding": {"isolation": self.decoder.isolation,
-                         "memory_bytes": getattr(self.decoder, "memory_bytes", None),
-                         "processes": getattr(self.decoder, "processes", None),
-                         "restarts": getattr(self.decoder, "restarts", None),
-                         "recycled": getattr(self.decoder, "recycled", None)},
+            "decoding": self._decoding_view(),
             "table": self.table.to_dict(),
         }
+
+    def _decoding_view(self) -> dict:
+        """The decoding processes: totals over the pools, and each pool (probes and urgent
+        decodes at normal priority; the decode slots' niced pool when there is one)."""
+        pools = [("probes and urgent decodes" if self.background_decoder is not None
+                  else "probes and decodes", self.decoder)]
+        if self.background_decoder is not None:
+            pools.append(("background decodes", self.background_decoder))
+        view = {"isolation": self.decoder.isolation,
+                "memory_bytes": getattr(self.decoder, "memory_bytes", None)}
+        if self.decoder.isolation != "process":
+            return {**view, "processes": None, "restarts": None, "recycled": None}
+        for field in ("processes", "restarts", "recycled"):
+            view[field] = sum(getattr(pool, field) for _, pool in pools)
+        view["pools"] = [{"for": name, "processes": pool.processes, "nice": pool.nice,
+                          "restarts": pool.restarts, "recycled": pool.recycled}
+                         for name, pool in pools]
+        return view
 
 
 __all__ = ["Engine", "EngineError", "load_labels", "model_threads", "policy_for"]

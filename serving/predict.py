@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from video import VideoInfo
 
@@ -48,10 +48,25 @@ class Predictor:
         return max(0.0, self.decode_model.predict_ms(info, frames, pixels, decode))
 
     def predict(self, info: VideoInfo, key: Key, decode: str = "exact") -> StageTimes:
-        c = self.configs[key]
-        return StageTimes(self.corrector.decode_ms(self.raw_decode_ms(info, key, decode)),
-                          self.corrector.preprocess_ms(self.preprocess_baseline.get(key, 0.0)),
-                          self.corrector.model_ms(key, c.p95_ms))
+        return self.predict_all(info, [(key, decode)])[key, decode]
+
+    def predict_all(self, info: VideoInfo,
+                    wanted: Sequence[tuple[Key, str]]) -> dict[tuple[Key, str], StageTimes]:
+        """`predict` for each (configuration, decode mode) of one video, the decode prediction
+        made once per frames, pixels and mode (the patch size does not change decoding)."""
+        decode: dict[tuple[int, int, str], float] = {}
+        out = {}
+        for key, mode in wanted:
+            frames, pixels, _ = key
+            if (frames, pixels, mode) not in decode:
+                decode[frames, pixels, mode] = self.corrector.decode_ms(
+                    self.raw_decode_ms(info, key, mode))
+            c = self.configs[key]
+            out[key, mode] = StageTimes(
+                decode[frames, pixels, mode],
+                self.corrector.preprocess_ms(self.preprocess_baseline.get(key, 0.0)),
+                self.corrector.model_ms(key, c.p95_ms))
+        return out
 
     def batch_ms(self, key: Key, size: int, single_ms: float) -> float:
         """A batch of `size` at `key`, given one request's predicted (corrected) time."""

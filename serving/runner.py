@@ -1,4 +1,4 @@
-"""The scheduler's decisions carried out on threads: decodes on `decode_slots` threads (each
+"""The scheduler's decisions carried out on threads: decodes on one thread per decode slot (each
 waits on a decoding process, so they take no core of their own), the model on one thread, so
 that the next requests are decoded while the model runs this one.
 
@@ -36,7 +36,8 @@ class Runner:
         self._lock = threading.Condition()
         self._futures: dict[Request, concurrent.futures.Future] = {}
         self._decoders = concurrent.futures.ThreadPoolExecutor(
-            scheduler.policy.decode_slots, thread_name_prefix="stretchysnake-decode")
+            scheduler.policy.decode_slots + scheduler.policy.urgent_slots,
+            thread_name_prefix="stretchysnake-decode")
         self._model = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="stretchysnake-model")
 

@@ -79,6 +79,10 @@ class Policy:
                                     # does not start beside a request that cannot, and leaves
     urgent_window_ms: float = 1000.0  # one decoder free for such a request while one came
                                     # in this window
+    urgent_slots: int = 0           # decodes beyond decode_slots for requests that cannot wait,
+                                    # run at normal priority while the decode_slots run niced
+                                    # (the caller's decoding processes): then nothing is held
+                                    # back, the kernel gives the urgent decode the cores
     lookahead: int = 16             # requests behind the head that a rollout considers
 
     def __post_init__(self):
@@ -88,6 +92,8 @@ class Policy:
         for name in ("decode_slots", "max_batch", "lookahead"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.urgent_slots < 0:
+            problems.append(f"urgent_slots must be at least 0, not {self.urgent_slots}")
         for name in ("margin_ms", "default_deadline_ms", "age_bound_ms", "late_slack_ms",
                      "late_slack", "near_value", "safety", "urgent_window_ms"):
             v = getattr(self, name)
@@ -112,6 +118,7 @@ class Request:
     submitted: float = math.nan           # when it reached the scheduler
     deadline: float = math.inf
     option: Option | None = None          # chosen when the decode starts
+    lane: str | None = None               # its decode's slot: "urgent" or "background"
     state: str = "new"                    # pending, decoding, ready, running, done, refused
     late: bool = False                    # predicted to miss its deadline (then: cause)
     cause: str | None = None              # queue, upload, decode or model
@@ -255,17 +262,48 @@ class Scheduler:
     # -- dispatch
     def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        fifo = self.policy.name == "fifo"
-        while self.pending and len(self.decoding) < self.policy.decode_slots:
-            if fifo and (self.decoding or self.ready or self.running):
-                break  # one request at a time through both stages
-            head = self._head(now)
-            if self.policy.shared_cores and self._can_wait(head, now):
+        while self.pending:
+            head, lane = self._next_decode(now)
+            if head is None:
                 break
-            actions.append(self._start_decode(head, now))
+            actions.append(self._start_decode(head, now, lane))
         if not self.running and self.ready:
             actions.append(self._start_model(now))
         return actions
+
+    def _busy(self, lane: str) -> int:
+        return sum(r.lane == lane for r in self.decoding)
+
+    def _next_decode(self, now: float) -> tuple[Request | None, str | None]:
+        """The request whose decode starts now and its lane, or (None, None). In priority order,
+        the first that has a lane free: the urgent lane takes only requests that cannot wait
+        and can still be on time, the background lane any request; without an urgent lane, on
+        shared cores, work that can wait may be held back (`_can_wait`)."""
+        p = self.policy
+        if p.name == "fifo":
+            if self.decoding or self.ready or self.running:
+                return None, None  # one request at a time through both stages
+            return self._head(now), "background"
+        background_free = self._busy("background") < p.decode_slots
+        urgent_free = self._busy("urgent") < p.urgent_slots
+        if not (background_free or urgent_free):
+            return None, None
+        for r in sorted(self.pending, key=lambda q: self._priority(q, now)):
+            if urgent_free and self._urgent(r, now):
+                return r, "urgent"
+            if background_free:
+                if p.shared_cores and self._can_wait(r, now):
+                    return None, None
+                return r, "background"
+        return None, None
+
+    def _urgent(self, r: Request, now: float) -> bool:
+        """A request with a latency budget that cannot wait (`_can_wait_alone`) and whose
+        decode could still end before its deadline: one predicted a little late may still be
+        on time at the client (the predictions are padded p95s), and the lane is kept for
+        such requests anyway."""
+        return r.budgeted and now - r.arrival < self.policy.age_bound_ms and \
+            not self._can_wait_alone(r, now) and now + r.fastest.decode_ms <= r.deadline
 
     def _can_wait_alone(self, r: Request, now: float) -> bool:
         """No latency budget, or slack for twice its own work; and not yet waited age_bound_ms
@@ -318,8 +356,9 @@ class Scheduler:
         """No earlier than this can `r` finish at `o` if its decode started now."""
         return max(now + o.decode_ms, self._model_free(now)) + o.model_ms
 
-    def _start_decode(self, r: Request, now: float) -> Action:
+    def _start_decode(self, r: Request, now: float, lane: str = "background") -> Action:
         self.pending.remove(r)
+        r.lane = lane
         if self.policy.name == "fifo":
             option, finish = self._choose_alone(r, now)
             r.late = r.budgeted and finish > r.deadline
@@ -427,7 +466,8 @@ class Scheduler:
         or ready, in the order they reach the model)."""
         reach = [(max(now, r.decode_start + r.option.decode_ms), r.option.model_ms)
                  for r in self.decoding]
-        slots = [t for t, _ in reach] + [now] * (self.policy.decode_slots - len(reach))
+        free = self.policy.decode_slots + self.policy.urgent_slots - len(reach)
+        slots = [t for t, _ in reach] + [now] * max(0, free)
         reach += [(now, r.option.model_ms) for r in self.ready]
         model_free = self._model_free(now)
         for available, model_ms in sorted(reach):

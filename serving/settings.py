@@ -32,8 +32,13 @@
                                     the queue, decode overlapping the model; fifo: arrival order,
                                     one request at a time (the path before the scheduler, kept for
                                     comparison) (deadline)
-    STRETCHYSNAKE_DECODE_SLOTS      decodes at once per worker (2); the worker keeps one more
-                                    decoding process for probes
+    STRETCHYSNAKE_DECODE_SLOTS      decodes at once per worker of work that can wait (2), in
+                                    decoding processes niced by DECODE_NICE
+    STRETCHYSNAKE_URGENT_SLOTS      decodes at once beyond those, for requests that cannot wait,
+                                    at normal priority (1; 0: one pool, work that can wait held
+                                    back instead); the worker keeps one more process for probes
+    STRETCHYSNAKE_DECODE_NICE       the niceness of the decode slots' processes when there are
+                                    urgent slots (10; 0-19)
     STRETCHYSNAKE_MAX_BATCH         requests of one configuration run as one batch (default: 8
                                     on CUDA, 1 on CPUs, where a batch costs the sum of its runs)
     STRETCHYSNAKE_DEFAULT_DEADLINE_MS  the deadline of requests without budget_ms (1000)
@@ -108,6 +113,8 @@ class Settings:
     upload_min_rate: float = 1024.0
     scheduler: str = "deadline"          # or "fifo"
     decode_slots: int = 2
+    urgent_slots: int = 1
+    decode_nice: int = 10
     max_batch: int | None = None         # None: 8 on CUDA, 1 on CPUs
     default_deadline_ms: float = 1000.0
     age_bound_ms: float = 1000.0
@@ -182,6 +189,8 @@ class Settings:
                                      ("upload_idle_s", "UPLOAD_IDLE_S", float, 0.001),
                                      ("upload_min_rate", "UPLOAD_MIN_RATE", float, 0),
                                      ("decode_slots", "DECODE_SLOTS", int, 1),
+                                     ("urgent_slots", "URGENT_SLOTS", int, 0),
+                                     ("decode_nice", "DECODE_NICE", int, 0),
                                      ("max_batch", "MAX_BATCH", int, 1),
                                      ("default_deadline_ms", "DEFAULT_DEADLINE_MS", float, 1),
                                      ("age_bound_ms", "AGE_BOUND_MS", float, 0),
@@ -191,6 +200,9 @@ class Settings:
             v = number(name, kind, low)
             if v is not None:
                 values[key] = v
+        if values.get("decode_nice", 0) > 19:
+            problems.append(f"{PREFIX}DECODE_NICE={values.pop('decode_nice')}: must be <= 19 "
+                            f"(the kernel's lowest priority)")
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
         return cls(**values)

@@ -49,9 +49,11 @@ class Job:
 
 class Stages:
     def __init__(self, net, labels: list[str], device: torch.device, decoder, limits: Limits,
-                 predictor: Predictor):
+                 predictor: Predictor, background=None):
         self.net, self.labels, self.device = net, list(labels), device
         self.decoder, self.limits, self.predictor = decoder, limits, predictor
+        # the scheduler's background lane: decoding processes that yield the cores (niced)
+        self.background = background if background is not None else decoder
 
     def probe(self, path) -> tuple[VideoInfo, float]:
         """The video's metadata, and the seconds it took."""
@@ -70,14 +72,18 @@ class Stages:
         frames, pixels, _ = key = request.option.key
         mode = request.option.decode
         t0 = time.perf_counter()
-        raw = self.decoder.decode_frames(job.path, frames, short_side=pixels, info=job.info,
-                                         limits=self.decode_limits(job.probe_s), stats=job.stats,
-                                         decode_mode=mode)
+        decoder = self.background if request.lane == "background" else self.decoder
+        raw = decoder.decode_frames(job.path, frames, short_side=pixels, info=job.info,
+                                    limits=self.decode_limits(job.probe_s), stats=job.stats,
+                                    decode_mode=mode)
         t1 = time.perf_counter()
         job.input = preprocess(raw, pixels)[None]
         t2 = time.perf_counter()
         job.ms["decode"], job.ms["preprocess"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-        self.predictor.observe(job.info, key, decode_ms=job.ms["decode"],
+        # A niced decode takes what urgent work leaves it: its time says nothing about the
+        # decode of a request that cannot wait, which is what the predictions are for.
+        niced = decoder is not self.decoder
+        self.predictor.observe(job.info, key, decode_ms=None if niced else job.ms["decode"],
                                preprocess_ms=job.ms["preprocess"], decode=mode)
 
     def model(self, batch: Sequence[Request]) -> None:

@@ -385,6 +385,19 @@ def test_a_child_is_replaced_after_max_calls_and_the_answers_do_not_change(clip_
         DecodePool(max_calls=0)
 
 
+def test_a_niced_pool_decodes_the_same_frames_in_processes_that_yield_the_cores(clip_path):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with DecodePool(processes=1) as plain, DecodePool(processes=1, nice=7) as niced:
+        a = plain.decode_frames(clip_path, 4, short_side=64)
+        b = niced.decode_frames(clip_path, 4, short_side=64)
+        assert np.array_equal(a, b)
+        [p], [n] = plain.pids, niced.pids
+        assert os.getpriority(os.PRIO_PROCESS, p) == base
+        assert os.getpriority(os.PRIO_PROCESS, n) == min(19, base + 7)
+    with pytest.raises(ValueError, match="nice"):
+        DecodePool(nice=20)
+
+
 def test_isolated_decoding_equals_inline_and_its_overhead_is_small(clip_path, capsys):
     inline, limits = InlineDecoder(), Limits()
     with DecodePool(processes=1) as pool:

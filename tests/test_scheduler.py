@@ -219,6 +219,46 @@ def test_on_shared_cores_a_decoder_stays_free_while_urgent_requests_keep_coming(
     assert [r.state for r in loose] == ["decoding", "decoding"]
 
 
+def test_an_urgent_lane_starts_a_request_that_cannot_wait_while_the_decoders_are_busy():
+    sched = Scheduler(Policy(decode_slots=1, urgent_slots=1))
+    loose = [req(0.0, 5000) for _ in range(2)]
+    for r in loose:
+        sched.submit(r, 0.0)
+    # the loose ones never take the urgent lane: one decodes, the other waits
+    assert [(r.state, r.lane) for r in loose] == [("decoding", "background"), ("pending", None)]
+    urgent = req(1.0, 30)  # slack for less than twice its work: it cannot wait
+    assert [a.request for a in sched.submit(urgent, 1.0)] == [urgent]
+    assert urgent.lane == "urgent"
+    # a second one waits for a lane; the urgent one is free again first
+    second = req(2.0, 30)
+    assert sched.submit(second, 2.0) == [] and second.state == "pending"
+    actions = sched.decoded(urgent, 15.0)
+    assert Decode(second) in actions and second.lane == "urgent"
+    # a request whose decode cannot end before its deadline is not urgent
+    hopeless = req(16.0, 10)
+    sched.decoded(second, 30.0)
+    sched.submit(hopeless, 31.0)
+    assert hopeless.state == "pending"
+    # without an urgent lane the same urgent request waits for the busy decoder
+    plain = Scheduler(Policy(decode_slots=1))
+    plain.submit(req(0.0, 5000), 0.0)
+    late = req(1.0, 30)
+    assert plain.submit(late, 1.0) == [] and late.state == "pending"
+
+
+def test_an_urgent_lane_raises_the_budgets_met_under_a_stream_of_loose_work():
+    """Open loop: loose requests keep the one decoder busy; tight ones arrive among them."""
+    def arrivals():
+        out = [req(10.0 * i, 3000) for i in range(40)]
+        out += [req(10.0 * i + 5, 22) for i in range(0, 40, 4)]
+        return sorted(out, key=lambda r: r.arrival)
+    tight = lambda outcomes: [o for o in outcomes if o.request.budget_ms == 22]  # noqa: E731
+    lanes = tight(simulate(Scheduler(Policy(decode_slots=1, urgent_slots=1)), arrivals()))
+    plain = tight(simulate(Scheduler(Policy(decode_slots=1)), arrivals()))
+    assert sum(o.met for o in lanes) == len(lanes) == 10
+    assert sum(o.met for o in plain) <= 7  # 3 or 7: they wait for the loose decode in progress
+
+
 def test_same_configuration_requests_share_a_batch_when_the_slack_allows():
     batch_ms = lambda o, n: o.model_ms * (1 + 0.25 * (n - 1))  # noqa: E731 - a GPU-like cost
     only = tuple(o for o in OPTIONS if o.key == BEST)
@@ -268,6 +308,8 @@ def test_policy_and_request_checks():
         Policy(name="lifo")
     with pytest.raises(ValueError, match="decode_slots"):
         Policy(decode_slots=0)
+    with pytest.raises(ValueError, match="urgent_slots"):
+        Policy(urgent_slots=-1)
     with pytest.raises(ValueError, match="at least one option"):
         Scheduler().submit(req(0.0, 100, options=()), 0.0)
 

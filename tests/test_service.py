@@ -721,6 +721,10 @@ def test_engine_classifies_selects_and_corrects_online(engine, assets):
     for _ in range(engine.corrector.window):
         engine.corrector.observe_model(key, 3 * c.p50_ms, c.p50_ms)
     assert engine.predictor.predict(info, key).model == pytest.approx(3 * c.p95_ms, rel=1e-6)
+    # one video's predictions at once (decode once per frames and pixels) equal them one by one
+    every = [(k, "exact") for k in sorted(engine.configs)]
+    assert engine.predictor.predict_all(info, every) == {
+        w: engine.predictor.predict(info, *w) for w in every}
     with pytest.raises(BadParameters):
         engine.candidates(Options(pixels=77))
     view = engine.profile_view()

@@ -171,8 +171,10 @@ def _caused_by_memory(err: BaseException) -> bool:
     return False
 
 
-def _child_main(request_fd: int, reply_fd: int, memory_bytes: int) -> int:
+def _child_main(request_fd: int, reply_fd: int, memory_bytes: int, nice: int = 0) -> int:
     """Serve calls until the parent closes the pipe, or until this process should be replaced."""
+    if nice:
+        os.nice(nice)  # only ever raised: lowering it back needs a privilege a container lacks
     for sig in (signal.SIGINT, signal.SIGTERM):  # the parent decides when a child stops
         signal.signal(sig, signal.SIG_IGN)
     _few_malloc_arenas()
@@ -250,14 +252,14 @@ class _StartFailed(RuntimeError):
 class _Child:
     """One decoding process and the two pipes to it."""
 
-    def __init__(self, memory_bytes: int, start_timeout_s: float):
+    def __init__(self, memory_bytes: int, start_timeout_s: float, nice: int = 0):
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         env = dict(os.environ)
         env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"]
                                              if env.get("PYTHONPATH") else "")
         code = (f"import sys; from video.isolation import _child_main; "
-                f"sys.exit(_child_main({request_r}, {reply_w}, {int(memory_bytes)}))")
+                f"sys.exit(_child_main({request_r}, {reply_w}, {int(memory_bytes)}, {int(nice)}))")
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", code], env=env,
                                          stdin=subprocess.DEVNULL, pass_fds=(request_r, reply_w))
@@ -316,18 +318,22 @@ class _Child:
 class DecodePool:
     """`probe` and `decode_frames` in child processes with hard time and memory bounds (see the
     module's docstring). Thread-safe; at most `processes` calls run at once, others wait for a
-    free child."""
+    free child. `nice`: the children's niceness, added to this process's (a pool for work that
+    can wait runs its children niced, so that the scheduler gets the cores for urgent work
+    from the kernel at once instead of waiting for a decode to end)."""
 
     isolation = "process"
 
     def __init__(self, processes: int = 2, memory_bytes: int | None = 2 << 30,
                  grace_s: float = 0.25, start_timeout_s: float = 60.0,
-                 max_calls: int | None = 1000):
+                 max_calls: int | None = 1000, nice: int = 0):
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
         if max_calls is not None and max_calls < 1:
             raise ValueError(f"max_calls must be at least 1 (or None), not {max_calls}")
-        self.processes, self.memory_bytes = processes, memory_bytes or 0
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be between 0 and 19, not {nice}")
+        self.processes, self.memory_bytes, self.nice = processes, memory_bytes or 0, nice
         self.max_calls = max_calls
         self.grace_s, self.start_timeout_s = grace_s, start_timeout_s
         self._cond = threading.Condition()
@@ -388,7 +394,7 @@ class DecodePool:
     def _spawn_counted(self) -> _Child:
         """A new child; the caller has already counted it."""
         try:
-            return _Child(self.memory_bytes, self.start_timeout_s)
+            return _Child(self.memory_bytes, self.start_timeout_s, self.nice)
         except BaseException:
             with self._cond:
                 self._count -= 1
@@ -559,10 +565,10 @@ def _portable(source):
 
 
 def make_decoder(isolation: str = "process", memory_bytes: int | None = 2 << 30,
-                 processes: int = 2):
+                 processes: int = 2, nice: int = 0):
     """InlineDecoder for "inline", DecodePool for "process"."""
     if isolation == "inline":
         return InlineDecoder()
     if isolation == "process":
-        return DecodePool(processes=processes, memory_bytes=memory_bytes)
+        return DecodePool(processes=processes, memory_bytes=memory_bytes, nice=nice)
     raise ValueError(f"decode isolation must be 'process' or 'inline', not {isolation!r}")
