@@ -34,6 +34,10 @@ NSDI 2025, and Clockwork's deadline order, OSDI 2020):
   start while a request in flight has less slack than that work, and leaves one decoder free
   while requests that cannot wait keep coming, so that the next one starts at once (Clockwork
   keeps capacity for the deadline it knows of; this keeps it for the next one).
+- With urgent_slots, a request with a latency budget that cannot wait, and whose decode could
+  still end before its deadline, may take an urgent slot while every decode slot is busy; the
+  caller runs the decode slots at a lower priority (niced processes), so the urgent decode gets
+  the cores at once. Work that can wait never takes an urgent slot.
 - The model takes the ready request with the least slack. On devices that batch (max_batch > 1),
   ready requests of the same configuration join it while the predicted batch time keeps every
   member within its deadline (the most urgent one's slack decides).
