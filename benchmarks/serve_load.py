@@ -82,6 +82,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, print_table, save  # noqa: E402
+from common.progress import Progress  # noqa: E402
 from serving.testing import REPO, ServerFailed, serve  # noqa: E402
 
 DEFAULT_BUDGETS = "ms:40,ms:80,ms:200,gflops:0.1,none"
@@ -217,41 +218,29 @@ def send(client: httpx.Client, upload: Upload, budget: Budget) -> Result:
                       f"{type(e).__name__}: {e}"[:200], None, upload.label, budget.ms)
 
 
-class Progress:
-    """One line on stderr, rewritten in place on a terminal (a line every 10 s otherwise)."""
+class Tally:
+    """Requests answered and not 200 so far, on one progress line (common.progress)."""
 
     def __init__(self, label: str, total: int | None, seconds: float | None):
         self.label, self.total, self.seconds = label, total, seconds
         self.done = self.errors = 0
         self.lock = threading.Lock()
         self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.progress = Progress(total, label + ":", interval=10)
 
     def add(self, result: Result) -> None:
         with self.lock:
             self.done += 1
             self.errors += result.status != 200
+            self.progress.update(self.done, self.text())
 
-    def line(self) -> str:
+    def text(self) -> str:
         el = time.monotonic() - self.start
-        done = (f"{self.done}/{self.total} requests" if self.total else
-                f"{self.done} requests in {el:.0f}/{self.seconds:g} s")
-        return (f"{self.label}: {done}, {self.done / max(el, 1e-9):.1f} req/s, "
-                f"{self.errors} non-200")
+        spent = f" in {el:.0f}/{self.seconds:g} s" if self.seconds else ""
+        return f"requests{spent}, {self.done / max(el, 1e-9):.1f} req/s, {self.errors} non-200"
 
-    def _run(self):
-        while not self._stop.wait(0.5 if self.tty else 10):
-            sys.stderr.write(("\r" + self.line() + "   ") if self.tty else self.line() + "\n")
-            sys.stderr.flush()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join()
-        sys.stderr.write(("\r" if self.tty else "") + self.line() + "   \n")
-        sys.stderr.flush()
+    def close(self) -> None:
+        self.progress.close(f"{self.label}: {self.done} {self.text()}")
 
 
 def run_clients(url: str, job, concurrency: int, requests: int | None, seconds: float | None,
@@ -259,7 +248,7 @@ def run_clients(url: str, job, concurrency: int, requests: int | None, seconds: 
     """`concurrency` threads, each with its own connection, send job(i) for i = 0, 1, ... until
     `requests` were sent or `seconds` passed; (results, wall seconds)."""
     counter, lock, results = iter(range(10 ** 12)), threading.Lock(), []
-    progress = Progress(label, requests, seconds)
+    progress = Tally(label, requests, seconds)
     start = time.perf_counter()
     deadline = start + seconds if seconds else None
 

@@ -3,7 +3,6 @@ command line, the decode-cost model (fit on made-up and on real measurements) an
 Everything is tiny: a 1-layer 32-wide model, a few runs, two small videos."""
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -208,8 +207,8 @@ def test_decode_only_refits_the_decode_model_of_a_table_and_keeps_its_configurat
 
 
 def test_camera_clips_fit_half_and_report_the_other_half(tmp_path, monkeypatch):
-    """With camera clips the model is fitted on alternate camera clips, and the held-out report
-    is that model's error (and the test videos' model's) on the others."""
+    """With camera clips the model is fitted on the test videos and alternate camera clips, and
+    the held-out report is that model's error (and the test videos' model's) on the others."""
     from video.camera import CameraClip
 
     clips = [CameraClip(160, 90, 24, 2, 0.5), CameraClip(128, 96, 30, 2, 1.0),
@@ -223,11 +222,12 @@ def test_camera_clips_fit_half_and_report_the_other_half(tmp_path, monkeypatch):
     held = d["heldout"]["samples"]
     assert {s["codec"] for s in held} == {"h264"}
     assert {s["coded_width"] for s in held} == {128, 96} and {s["width"] for s in held} == {128}
-    # fitted on the other half only
-    assert {s["file"] for s in d["samples"]} == {clips[0].name, clips[2].name}
+    # fitted on the test videos and the other half, never on a held-out clip
+    camera = {s["file"] for s in d["samples"]} & {c.name for c in clips}
+    assert camera == {clips[0].name, clips[2].name}
     assert {s["file"] for s in held} == {clips[1].name, clips[3].name}
-    tests = d["heldout"]["test_video_samples"]
-    assert {s["codec"] for s in tests} == {"h264", "mpeg4"}
+    tests = [s for s in d["samples"] if s["file"] not in camera]
+    assert {s["codec"] for s in tests} == {"h264", "mpeg4"} and len(tests) >= 2
     today = decode_cost.DecodeModel.fit_samples(tests)
     assert d["heldout"]["test_videos_only"] == decode_cost.heldout_report(today, held)
     model = decode_cost.DecodeModel.from_dict(d)
@@ -264,35 +264,6 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
     assert e.value.code == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
-
-
-# ---- progress -----------------------------------------------------------------------------------
-
-class _Tty(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_rewrites_one_line_on_a_terminal():
-    out = _Tty()
-    p = prof.Progress(3, "configs", stream=out)
-    for i in range(4):
-        p.update(i, "long text here" if i == 1 else "x")
-    p.close()
-    text = out.getvalue()
-    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
-    assert "configs 3/3 [####################] x" in text
-
-
-def test_progress_prints_throttled_lines_in_a_log():
-    out = io.StringIO()
-    p = prof.Progress(5, "configs", stream=out, interval=3600)
-    for i in range(6):
-        p.update(i)
-    p.close()
-    lines = out.getvalue().splitlines()
-    assert [line.split(" [")[0] for line in lines] == ["configs 0/5", "configs 5/5"]
-    assert "\r" not in out.getvalue()
 
 
 # ---- decode model -------------------------------------------------------------------------------
@@ -388,7 +359,8 @@ def test_decode_workload_follows_the_real_reader(tmp_path, frames, gop):
     """The pictures the reader decodes on a real video (no B-frames: nothing skipped) are the
     workload's, give or take the one picture past each target that tells it the target is the
     one on screen."""
-    path = decode_cost.write_test_video(tmp_path / "v.mp4", 48, 4.0, gop=gop, fps=25)
+    path = decode_cost.write_test_video(tmp_path / "v.mp4", 48, 4.0, gop=gop, fps=25,
+                                        bframes=0)
     info = probe(path)
     stats = DecodeStats()
     decode_frames(path, frames, info=info, stats=stats)

@@ -323,14 +323,15 @@ def _metric(server, name: str, **labels) -> float:
     return metric(server["url"], name, **labels)
 
 
-def test_profile_endpoint_returns_the_active_table(server):
+def test_profile_endpoint_returns_the_active_table(server, assets):
+    assert _classify(server, assets).status_code == 200  # one request to be observed
     r = server["client"].get("/profile")
     assert r.status_code == 200
     body = r.json()
     table = ProfileTable.from_dict(body["table"])
     assert {c.key for c in table.configs} == set(CONFIGS)
     assert body["device"] == "cpu" and body["ready"] and body["accuracy_known"]
-    assert body["corrections"]["model"]  # requests so far were observed
+    assert body["corrections"]["model"]  # the request above was observed
     assert len(body["warmup_ms"]) == len(CONFIGS)
 
 

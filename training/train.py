@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from common.progress import Progress
 from model import build_model, load_checkpoint, save_checkpoint
 
 from .data import ClipDataset, RenderedClips, load_samples
@@ -206,27 +207,6 @@ def autocast_dtype(amp: str, device: str):
     return torch.bfloat16
 
 
-class Progress:
-    """One self-overwriting line on a terminal, a line every ~10 s otherwise (logs, CI)."""
-
-    def __init__(self, total: int, prefix: str, enabled: bool):
-        self.total, self.prefix, self.enabled = total, prefix, enabled
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def update(self, done: int, text: str, final: bool = False):
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not (self.tty or final or now - self.last > 10):
-            return
-        self.last = now
-        width = 24
-        bar = "#" * int(width * done / max(1, self.total))
-        line = f"{self.prefix} [{bar:<{width}}] {done}/{self.total} {text}"
-        print(("\r" + line) if self.tty else line, end="\n" if (final or not self.tty) else "", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- main
 def initial_model(args, classes: list[str]):
     """(network, train state or None): --resume's checkpoint and state; --init's checkpoint with a
@@ -307,7 +287,8 @@ def main(argv=None):
             loader = DataLoader(dataset, batch_sampler=_EpochBatches(dataset, batches), num_workers=args.workers,
                                 persistent_workers=args.cache and args.workers > 0)
         loader.batch_sampler.batches = batches
-        progress = Progress(len(batches), f"epoch {epoch + 1}/{args.epochs}", rank == 0)
+        label = f"epoch {epoch + 1}/{args.epochs}"
+        progress = Progress(len(batches), label, interval=10, enabled=rank == 0)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
         for step, (clips, labels, patch, frames) in enumerate(loader):
@@ -348,7 +329,7 @@ def main(argv=None):
                                                  batch_size=args.batch_size, workers=args.workers)
                 net.train()
             history.append(record)
-            progress.update(len(batches), json.dumps(record), final=True)
+            progress.close(f"{label} {json.dumps(record)}")
             save_checkpoint(net, out, labels=classes, extra={"flex": args.flex, "history": history,
                                                              "command": " ".join(sys.argv)})
             torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": json.dumps(history),

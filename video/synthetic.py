@@ -64,6 +64,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from common.progress import Progress
+
 NATIVE = 128  # spatial constants below are pixels at this frame size
 # The actor's size and every distance it travels, relative to the constants written below. At 1.0
 # the actor covered about half a 16 px patch and nano stayed near chance (9.8% top-1 after 400
@@ -462,14 +464,11 @@ def generate(out_dir: str, num_clips: int, seed: int, size: int = 128, frames: i
     jobs = [(out_dir, i, rel, label, seed, size, frames, fps, crf, clutter, gop)
             for i, (rel, label, _) in enumerate(plan)]
     start = time.time()
-    every = max(1, num_clips // 20)
+    line = Progress(num_clips, "clips", interval=10, enabled=progress)
 
     def report(done):
-        if progress and (done % every == 0 or done == num_clips):
-            el = time.time() - start
-            eta = el / done * (num_clips - done)
-            print(f"[{done:>{len(str(num_clips))}}/{num_clips}] {100 * done / num_clips:5.1f}%  "
-                  f"{el:7.1f}s elapsed, ~{eta:.0f}s left", flush=True)
+        el = time.time() - start
+        line.update(done, f"{el:.0f} s elapsed, ~{el / done * (num_clips - done):.0f} s left")
 
     if workers <= 1:
         for done, job in enumerate(jobs, 1):
@@ -480,6 +479,7 @@ def generate(out_dir: str, num_clips: int, seed: int, size: int = 128, frames: i
         with mp.get_context("spawn" if sys.platform == "win32" else "fork").Pool(workers) as pool:
             for done, _ in enumerate(pool.imap_unordered(_make_one, jobs, chunksize=4), 1):
                 report(done)
+    line.close()
     with open(os.path.join(out_dir, "manifest.csv"), "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["path", "label", "split"])
