@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from model import VideoMambaConfig, load_checkpoint
 from model.network import VideoMamba
 from training import train as train_mod
-from training.distill import distill_loss, frame_offset, student_frames, teacher_view
+from training.distill import Teacher, distill_loss, frame_offset, student_frames, teacher_view
 from training.variants import Config, ConfigSampler
 
 from test_training import TINY, dataset  # noqa: F401  (the fixture)
@@ -86,3 +86,25 @@ def test_distilled_training_feeds_teacher_and_student_their_views(dataset, tmp_p
     assert all(torch.equal(teacher_before[k], after[k]) for k in after)  # the teacher file is untouched
     with pytest.raises(SystemExit):
         train_mod.parse_args(["--data", "x", "--out", "y", "--distill-weight", "1.5"])
+
+
+def test_the_teacher_sees_the_whole_clip_and_the_student_its_frames():
+    cfg = VideoMambaConfig(embed_dim=32, depth=1, img_size=32, num_frames=4, patch_size=16,
+                           num_classes=3)
+    teacher = Teacher(VideoMamba(cfg), cfg, weight=0.25, temperature=2.0, seed=5)
+    poor = Config(2, 32, 32)
+    assert teacher.view(poor) == Config(4, 32, 16) and teacher.decode_frames(poor) == 4
+    clips = torch.randn(2, 3, 4, 32, 32)
+    student, taught = teacher.teach(clips, poor, epoch=1, step=3)
+    offset = frame_offset(5, 1, 3, 2)
+    assert torch.equal(student, clips[:, :, offset::2]) and taught.shape == (2, 3)
+    torch.testing.assert_close(taught, teacher.net(clips, patch=16))
+    assert not any(p.requires_grad for p in teacher.net.parameters())
+    label_loss, logits = torch.tensor(1.5), torch.randn(2, 3)
+    torch.testing.assert_close(teacher.loss(label_loss, logits, taught),
+                               0.75 * label_loss + 0.25 * distill_loss(logits, taught, 2.0))
+    # the native view has nothing richer: the clips pass untouched, the loss is the labels'
+    native = Config(4, 32, 16)
+    assert teacher.decode_frames(native) == 4
+    same, none = teacher.teach(clips, native, 0, 0)
+    assert same is clips and none is None and teacher.loss(label_loss, logits, None) is label_loss

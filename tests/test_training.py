@@ -241,8 +241,8 @@ def test_evaluate_cli(dataset, tmp_path):
 
 def test_linear_probe_separates_what_is_separable_and_nothing_else(fresh_seed):
     """Gaussian blobs, 3 classes in 16 dimensions with different scales per dimension: the probe
-    fitted on 300 points classifies 300 fresh ones (>= 95%); with the labels shuffled it is at
-    chance on fresh points (a probe that saw the test points, or ignored the features, would
+    fitted on 300 points classifies 300 fresh ones (>= 95%); with labels that carry no
+    information it is near chance on fresh points (a probe that saw the test points, or ignored the features, would
     not be)."""
     from training.evaluate import fit_linear_probe
 
@@ -258,8 +258,10 @@ def test_linear_probe_separates_what_is_separable_and_nothing_else(fresh_seed):
     x_new, y_new = draw(300)
     predict = fit_linear_probe(x, y, 3)
     assert (predict(x_new) == y_new).double().mean() >= 0.95
-    shuffled = fit_linear_probe(x, y[torch.randperm(300, generator=g)], 3)
-    assert (shuffled(x_new) == y_new).double().mean() <= 0.5
+    # labels that say nothing of the blob: each blob holds every label a third of the time (a
+    # shuffle could leave a blob with a majority label by chance: 0.58 on 2 seeds of 60)
+    null = fit_linear_probe(x, (y + torch.arange(300) // 3) % 3, 3)
+    assert (null(x_new) == y_new).double().mean() <= 0.5  # at most 0.47 over 100 seeds
 
 
 def test_the_bundled_checkpoints_recipe_is_a_chain_of_valid_commands():

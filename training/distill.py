@@ -57,3 +57,51 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     t = temperature
     return F.kl_div(F.log_softmax(student_logits.float() / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
                     reduction="batchmean", log_target=True) * t * t
+
+
+class Teacher:
+    """The frozen teacher of a training run and what it adds to each step.
+
+        teacher = Teacher(net, cfg, weight=0.5, temperature=2.0, seed=0)
+        frames = teacher.decode_frames(view)     # frames to decode for a batch of this view
+        clips, taught = teacher.teach(clips, view, epoch, step)   # the student's clips
+        loss = teacher.loss(label_loss, student_logits, taught)
+
+    Each view's richer view is worked out once (`teacher_view`)."""
+
+    def __init__(self, net: torch.nn.Module, cfg: VideoMambaConfig, weight: float,
+                 temperature: float, seed: int):
+        self.net = net.eval().requires_grad_(False)
+        self.cfg, self.weight, self.temperature, self.seed = cfg, weight, temperature, seed
+        self._views: dict[Config, Config | None] = {}
+
+    def view(self, student: Config) -> Config | None:
+        if student not in self._views:
+            self._views[student] = teacher_view(student, self.cfg)
+        return self._views[student]
+
+    def decode_frames(self, student: Config) -> int:
+        return (self.view(student) or student).frames
+
+    def teach(self, clips: torch.Tensor, student: Config, epoch: int,
+              step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the student's clips, the teacher's logits or None) for a batch decoded at
+        `decode_frames(student)`: the teacher sees all of it, the student its own frames."""
+        richer = self.view(student)
+        if richer is None:
+            return clips, None
+        with torch.no_grad():
+            taught = self.net(clips, patch=richer.patch)
+        if clips.shape[2] != student.frames:
+            stride = clips.shape[2] // student.frames
+            clips = student_frames(clips, student.frames,
+                                   frame_offset(self.seed, epoch, step, stride))
+        return clips, taught
+
+    def loss(self, label_loss: torch.Tensor, student_logits: torch.Tensor,
+             taught: torch.Tensor | None) -> torch.Tensor:
+        if taught is None:
+            return label_loss
+        return (1 - self.weight) * label_loss + self.weight * distill_loss(
+            student_logits, taught, self.temperature)
+

@@ -22,6 +22,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ from common.progress import Progress
 from model import build_model, load_checkpoint, save_checkpoint
 
 from .data import ClipDataset, RenderedClips, load_samples
-from .distill import distill_loss, frame_offset, student_frames, teacher_view
+from .distill import Teacher
 from .evaluate import top1
 from .variants import VARIANTS, Config, ConfigSampler, parse_configs
 
@@ -137,18 +138,29 @@ def batch_starts(n: int, batch_size: int, world: int) -> range:
     return range(0, usable, batch_size)
 
 
+class BatchItem(NamedTuple):
+    """One clip of a batch, as the DataLoader hands it to the dataset."""
+    index: int      # the clip
+    decoded: int    # frames to decode (more than `frames` for a teacher's view)
+    pixels: int
+    patch: int
+    epoch: int      # with index, seeds the clip's random sampling
+    frames: int     # frames the batch trains on
+
+
 def batches_for_epoch(n: int, batch_size: int, sampler: ConfigSampler, epoch: int, seed: int, rank: int, world: int,
-                      decode_frames=None):
-    """Shuffled batches of (index, frames to decode, pixels, patch, epoch, frames): every rank draws
-    the same list (same seed) and takes its share, so each step's ranks see disjoint clips.
-    `decode_frames(config)` decodes more frames than the batch trains on (a teacher's view)."""
+                      decode_frames=None) -> list[list[BatchItem]]:
+    """Shuffled batches: every rank draws the same list (same seed) and takes its share, so each
+    step's ranks see disjoint clips. `decode_frames(config)` decodes more frames than the batch
+    trains on (a teacher's view)."""
     order = list(range(n))
     random.Random(seed * 1000 + epoch).shuffle(order)
     batches = []
     for start in batch_starts(n, batch_size, world):
         c = sampler.sample()
         decoded = decode_frames(c) if decode_frames else c.frames
-        batches.append([(i, decoded, c.pixels, c.patch, epoch, c.frames) for i in order[start:start + batch_size]])
+        batches.append([BatchItem(i, decoded, c.pixels, c.patch, epoch, c.frames)
+                        for i in order[start:start + batch_size]])
     return batches[rank::world]
 
 
@@ -166,8 +178,8 @@ class _EpochBatches:
 
 
 class _WithView(torch.utils.data.Dataset):
-    """A dataset keyed by batches_for_epoch's tuples that also hands back the batch's patch and the
-    frames it trains on."""
+    """A dataset keyed by BatchItems that also hands back the batch's patch and the frames it
+    trains on."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -175,10 +187,9 @@ class _WithView(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, key):
-        index, decoded, pixels, patch, epoch, frames = key
-        clip, label = self.dataset[(index, decoded, pixels, epoch)]
-        return clip, label, patch, frames
+    def __getitem__(self, item: BatchItem):
+        clip, label = self.dataset[(item.index, item.decoded, item.pixels, item.epoch)]
+        return clip, label, item.patch, item.frames
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -248,12 +259,12 @@ def main(argv=None):
 
     sampler = ConfigSampler(args.flex, cfg, args.sizes, args.frames, seed=args.seed + 7919 * rank,
                             also=args.also, also_fraction=args.also_fraction)
-    teacher, decode_frames = None, None
+    teacher = None
     if args.distill_from:
-        teacher = load_checkpoint(args.distill_from).to(device).eval().requires_grad_(False)
-        if list(getattr(teacher, "labels", None) or classes) != classes:
+        frozen = load_checkpoint(args.distill_from).to(device)
+        if list(getattr(frozen, "labels", None) or classes) != classes:
             sys.exit("--distill-from: the teacher's classes differ from the dataset's")
-        decode_frames = lambda c: (teacher_view(c, cfg) or c).frames  # noqa: E731  (the teacher's frames)
+        teacher = Teacher(frozen, cfg, args.distill_weight, args.distill_temperature, args.seed + rank)
     if args.render:
         dataset = _WithView(RenderedClips(classes, args.render, seed=args.seed, clutter=args.render_clutter))
     else:
@@ -281,7 +292,7 @@ def main(argv=None):
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
     for epoch in range(start_epoch, last_epoch):
         batches = batches_for_epoch(len(dataset), args.batch_size, sampler, epoch, args.seed, rank, world,
-                                    decode_frames)[:steps_per_epoch]
+                                    teacher.decode_frames if teacher else None)[:steps_per_epoch]
         if epoch == start_epoch or args.workers == 0 or not args.cache:
             # with a cache, the same worker processes live on across epochs to keep it
             loader = DataLoader(dataset, batch_sampler=_EpochBatches(dataset, batches), num_workers=args.workers,
@@ -297,19 +308,15 @@ def main(argv=None):
                 group["lr"] = lr_at(global_step, total_steps, warmup, args.lr, args.min_lr)
             clips, labels = clips.to(device, non_blocking=True), labels.to(device)
             patch, frames = int(patch[0]), int(frames[0])
-            richer = teacher_view(Config(frames, clips.shape[-1], patch), cfg) if teacher is not None else None
+            view = Config(frames, clips.shape[-1], patch)
             with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
-                if richer is not None:
-                    with torch.no_grad():
-                        taught = teacher(clips, patch=richer.patch)
-                    if clips.shape[2] != frames:
-                        stride = clips.shape[2] // frames
-                        clips = student_frames(clips, frames, frame_offset(args.seed + rank, epoch, step, stride))
+                taught = None
+                if teacher is not None:
+                    clips, taught = teacher.teach(clips, view, epoch, step)
                 logits = model(clips, patch=patch).float()
                 loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
-                if richer is not None:
-                    loss = (1 - args.distill_weight) * loss + args.distill_weight * distill_loss(
-                        logits, taught, args.distill_temperature)
+                if teacher is not None:
+                    loss = teacher.loss(loss, logits, taught)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
