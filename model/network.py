@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from . import flex
 from .config import VideoMambaConfig
-from .scan import cpu as cpu_kernels
-from .scan import pick_backend, selective_scan
+from .scan.bimamba import Direction, bimamba_inner
 
 
 class RMSNorm(nn.Module):
@@ -67,107 +66,39 @@ def _drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 class BiMambaMixer(nn.Module):
     """Mamba with two directions (VideoMamba / Vim "v2"): the backward direction runs the same
-    computation with its own weights on the tokens in backward order; outputs are summed."""
+    computation with its own weights on the tokens in backward order; outputs are summed
+    (model.scan.bimamba, which picks the kernels)."""
 
     def __init__(self, cfg: VideoMambaConfig):
         super().__init__()
         c, e, r, n, k = cfg.embed_dim, cfg.d_inner, cfg.dt_rank, cfg.d_state, cfg.d_conv
         self.d_inner, self.dt_rank, self.d_state, self.d_conv = e, r, n, k
         self.in_proj = nn.Linear(c, 2 * e, bias=False)
-        for suffix in ("", "_b"):
-            self.add_module("conv1d" + suffix, nn.Conv1d(e, e, k, groups=e, padding=k - 1, bias=True))
-            self.add_module("x_proj" + suffix, nn.Linear(e, r + 2 * n, bias=False))
-            self.add_module("dt_proj" + suffix, nn.Linear(r, e, bias=True))
-            a_name = "A_log" if suffix == "" else "A_b_log"
-            self.register_parameter(a_name, nn.Parameter(torch.log(torch.arange(1, n + 1).float()).repeat(e, 1)))
-            self.register_parameter("D" + suffix, nn.Parameter(torch.ones(e)))
+        a_init = torch.log(torch.arange(1, n + 1).float()).repeat(e, 1)
+        # the public checkpoints' names: conv1d, x_proj, dt_proj, A_log, D and their "_b" twins
+        self.conv1d = nn.Conv1d(e, e, k, groups=e, padding=k - 1, bias=True)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.A_log = nn.Parameter(a_init.clone())
+        self.D = nn.Parameter(torch.ones(e))
+        self.conv1d_b = nn.Conv1d(e, e, k, groups=e, padding=k - 1, bias=True)
+        self.x_proj_b = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj_b = nn.Linear(r, e, bias=True)
+        self.A_b_log = nn.Parameter(a_init.clone())
+        self.D_b = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, c, bias=False)
 
-    def _weights(self, suffix: str):
-        """(conv1d, A, D, dt_proj bias) of one direction: "" forward, "_b" backward."""
-        a_log, skip = (self.A_log, self.D) if suffix == "" else (self.A_b_log, self.D_b)
-        return getattr(self, "conv1d" + suffix), -torch.exp(a_log.float()), skip.float(), \
-            getattr(self, "dt_proj" + suffix).bias.float()
-
-    def _ssm_inputs(self, xc: torch.Tensor, suffix: str):
-        """delta (without its bias: the scan adds it, as in mamba), B and C, each (B, L, .)."""
-        dt, b_mat, c_mat = getattr(self, "x_proj" + suffix)(xc).split([self.dt_rank, self.d_state, self.d_state], -1)
-        return F.linear(dt, getattr(self, "dt_proj" + suffix).weight), b_mat, c_mat
-
-    def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
-        """x, z: (B, L, E) in scan order -> pre-projection output (B, L, E) in scan order."""
-        conv, a, skip, dt_bias = self._weights(suffix)
-        if pick_backend(x) == "cpu":  # torch's depthwise conv1d backward is slow on the CPU
-            xc = cpu_kernels.causal_conv_silu(x, conv.weight, conv.bias)
-        else:
-            length = x.shape[1]
-            xc = F.silu(F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=self.d_conv - 1,
-                                 groups=self.d_inner)[..., :length])  # (B, E, L), causal
-            xc = xc.transpose(1, 2).contiguous()  # channel-contiguous, the scan kernel's layout
-        delta, b_mat, c_mat = self._ssm_inputs(xc, suffix)
-        y = selective_scan(xc.transpose(1, 2), delta.transpose(1, 2), a, b_mat.transpose(1, 2),
-                           c_mat.transpose(1, 2), skip, z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True)
-        return y.transpose(1, 2)
+    def directions(self) -> tuple[Direction, Direction]:
+        """(forward, backward) weights for the op."""
+        return (Direction(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                          self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D),
+                Direction(self.conv1d_b.weight, self.conv1d_b.bias, self.x_proj_b.weight,
+                          self.dt_proj_b.weight, self.dt_proj_b.bias, self.A_b_log, self.D_b))
 
     def forward(self, hidden: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """hidden (B, L, C); order: token indices of the backward scan."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        if _use_fused_cpu(hidden, self):
-            return self.out_proj(self._fused_cpu(x, z, order).to(hidden.dtype))
-        if _use_triton(hidden):
-            return self.out_proj(_fused_triton(self, x, z, order))
-        y = self._direction(x, z, "")
-        y_b = torch.empty_like(y)
-        y_b[:, order] = self._direction(x[:, order], z[:, order], "_b")
-        return self.out_proj(y + y_b)
-
-    def _fused_cpu(self, x: torch.Tensor, z: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Inference on the CPU kernels: both directions read x and z in place (the backward one
-        through `order`, no permuted copies), and accumulate into one gated output."""
-        out = None
-        for suffix, steps in (("", None), ("_b", order)):
-            conv, a, skip, dt_bias = self._weights(suffix)
-            xc = cpu_kernels.conv_silu(x, conv.weight, conv.bias, steps)
-            delta, b_mat, c_mat = self._ssm_inputs(xc, suffix)
-            y = cpu_kernels.forward(xc.transpose(1, 2), delta.transpose(1, 2), a, b_mat.transpose(1, 2),
-                                    c_mat.transpose(1, 2), skip, z=z.transpose(1, 2), delta_bias=dt_bias,
-                                    delta_softplus=True, order=steps, out=out)
-            out = y.transpose(1, 2)
-        return out
-
-
-def _use_fused_cpu(hidden: torch.Tensor, mixer: nn.Module) -> bool:
-    """The fused kernels have no backward: only for CPU inference, and only where the scan
-    dispatch would pick the CPU kernel anyway (so STRETCHYSNAKE_SCAN=reference stays pure)."""
-    if hidden.device.type != "cpu" or hidden.dtype == torch.float64:
-        return False
-    if torch.is_grad_enabled() and (hidden.requires_grad or mixer.in_proj.weight.requires_grad):
-        return False
-    return pick_backend(hidden) == "cpu"
-
-
-def _use_triton(hidden: torch.Tensor) -> bool:
-    """The Triton path (CUDA tensors by default, or STRETCHYSNAKE_SCAN=triton, which also runs on
-    CPU tensors under TRITON_INTERPRET=1); float64 stays on the reference."""
-    return hidden.dtype != torch.float64 and pick_backend(hidden) == "triton"
-
-
-def _fused_triton(mixer: BiMambaMixer, x: torch.Tensor, z: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Both directions on the Triton kernels, forward and backward: one launch for the two causal
-    convs (the backward one along `order`, outputs at the tokens' own positions), the x/dt
-    projections as usual, one launch for both scans, gated and summed. Nothing is permuted."""
-    from .scan import triton as triton_scan
-    conv_f, a_f, skip_f, bias_f = mixer._weights("")
-    conv_b, a_b, skip_b, bias_b = mixer._weights("_b")
-    xc_f, xc_b = triton_scan.conv_silu_pair(x, conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias, order)
-    inputs = []
-    for xc, suffix in ((xc_f, ""), (xc_b, "_b")):
-        delta, b_mat, c_mat = mixer._ssm_inputs(xc, suffix)
-        inputs.append([t.transpose(1, 2) for t in (xc, delta, b_mat, c_mat)])
-    (u_f, d_f, b_f, c_f), (u_b, d_b, b_b, c_b) = inputs
-    y = triton_scan.bidirectional_scan(u_f, d_f, a_f, b_f, c_f, skip_f, bias_f, u_b, d_b, a_b, b_b, c_b, skip_b,
-                                       bias_b, z.transpose(1, 2), order)
-    return y.transpose(1, 2)
+        return self.out_proj(bimamba_inner(x, z, order, *self.directions()))
 
 
 class Block(nn.Module):
