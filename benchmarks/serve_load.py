@@ -39,7 +39,8 @@ of it hostile uploads (empty, a text file named .mp4, a truncated mp4, a bit-fli
 image) that must be answered 4xx, never 5xx; reports the 5xx count, statuses of hostile and
 valid requests, the RSS of the server's process tree over time (psutil; by role: root, workers,
 decoding processes) and its growth after --soak-warmup, worker restarts (a new worker pid),
-temporary files left behind, p99 and budgets met per budget. Exit status 1 when a check fails.
+temporary files left behind, p99 and budgets met per budget. Exit status 1 when a check fails
+(RSS growth is judged over 60 s or more after warm-up, "not measured" on shorter soaks).
 
 Mixed budgets (--mixed, issue 29): every request draws its budget from --mix (default: 60, 100,
 150, 250 and 500 ms, or none), the same sequence for every policy of --policies (default
@@ -59,609 +60,34 @@ configuration forced on the same clips, and per budget the best fixed configurat
 (met on >= 99% of the clips) against the budgeted server's top-1.
 
 Writes benchmarks/results/serve_load.{json,png} or serve_soak.{json,png} (--out-dir elsewhere).
-A progress line goes to stderr.
+A progress line goes to stderr. This file holds the runs and the command line; the clients, the
+server's lifecycle and what is reported are in benchmarks/load/ (clients.py, servers.py,
+report.py).
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import dataclasses
-import json
 import os
 import random
-import re
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, print_table, save  # noqa: E402
-from common.progress import Progress  # noqa: E402
-from serving.testing import REPO, ServerFailed, serve  # noqa: E402
-
-DEFAULT_BUDGETS = "ms:40,ms:80,ms:200,gflops:0.1,none"
-DEFAULT_MIX = "ms:60,ms:100,ms:150,ms:250,ms:500,none"
-HOSTILE_KINDS = ("empty", "text", "truncated", "bitflip", "png")
-BUDGET_KEYS = {"ms": "budget_ms", "gflops": "budget_gflops"}
-
-
-# ----------------------------------------------------------------------------- inputs
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    name: str
-    params: dict          # query parameters
-    ms: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        text = text.strip()
-        if text.lower() == "none":
-            return cls("none", {})
-        params, ms = {}, None
-        for part in text.split("+"):
-            kind, sep, value = part.partition(":")
-            kind = kind.strip().lower()
-            if not sep or kind not in BUDGET_KEYS:
-                raise ValueError(f"budget {text!r}: expected ms:N, gflops:X, none, or two "
-                                 "joined with '+'")
-            try:
-                v = float(value)
-            except ValueError:
-                raise ValueError(f"budget {text!r}: {value!r} is not a number") from None
-            if not v > 0:
-                raise ValueError(f"budget {text!r}: must be > 0")
-            params[BUDGET_KEYS[kind]] = f"{v:g}"
-            ms = v if kind == "ms" else ms
-        return cls(text, params, ms)
-
-
-@dataclasses.dataclass(frozen=True)
-class Upload:
-    name: str             # file name in the form
-    data: bytes
-    label: str | None = None
-    kind: str = "valid"   # or one of HOSTILE_KINDS
-
-
-def render_clips(directory: Path, count: int, size: int, frames: int, seed: int) -> list[Upload]:
-    """`count` synthetic-benchmark clips of different classes, real H.264 .mp4 files."""
-    from video.synthetic import CLASSES, clip_rng, encode_mp4, render_clip
-
-    directory.mkdir(parents=True, exist_ok=True)
-    clips = []
-    for i in range(count):
-        label = CLASSES[(i * 5) % len(CLASSES)]
-        path = directory / f"clip{i:03d}_{label}.mp4"
-        encode_mp4(render_clip(label, clip_rng(seed, i), size=size, frames=frames), str(path))
-        # no label: top-1 is reported for --data only (the served model's classes may differ)
-        clips.append(Upload(path.name, path.read_bytes()))
-    return clips
-
-
-def dataset_clips(manifest: Path, split: str, limit: int | None) -> list[Upload]:
-    from training.data import load_samples
-
-    samples, _ = load_samples(manifest, split)
-    if limit:
-        samples = samples[:limit]
-    return [Upload(Path(s.path).name, Path(s.path).read_bytes(), s.label) for s in samples]
-
-
-def hostile_uploads(directory: Path, clip: bytes) -> list[Upload]:
-    """One upload per hostile kind, written to `directory` (kept for a look afterwards); made
-    as video.corpus makes them (tests/test_hostile.py sends its whole corpus)."""
-    from video.corpus import bit_flips, still_image
-
-    directory.mkdir(parents=True, exist_ok=True)
-    # a flipped bit every ~400 bytes, the container's tables at the end included
-    made = {"empty": ("empty.mp4", b""),
-            "text": ("notes.mp4", b"this is a text file, not a video\n" * 40),
-            "truncated": ("truncated.mp4", clip[:len(clip) // 2]),
-            "bitflip": ("bitflip.mp4", bit_flips(clip, every=400, seed=7)),
-            "png": ("frame.png", still_image("png", "rgb24"))}
-    out = []
-    for kind in HOSTILE_KINDS:
-        name, data = made[kind]
-        (directory / name).write_bytes(data)
-        out.append(Upload(name, data, None, kind))
-    return out
-
-
-# ----------------------------------------------------------------------------- requests
-@dataclasses.dataclass
-class Result:
-    kind: str
-    budget: str
-    status: int                 # 0: no HTTP answer (transport error or timeout)
-    client_ms: float
-    error: str | None = None    # the answer's error code, or the exception's name
-    body: dict | None = None
-    label: str | None = None
-    budget_ms: float | None = None   # the latency budget it was sent with
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200 and self.body is not None
-
-    @property
-    def met_at_client(self) -> bool:
-        """A 200 answer within its latency budget, measured here."""
-        return self.ok and self.budget_ms is not None and self.client_ms <= self.budget_ms
-
-    def timing(self, stage: str) -> float | None:
-        t = self.body.get("timing_ms", {}) if self.ok else {}
-        return t.get(stage)
-
-
-def send(client: httpx.Client, upload: Upload, budget: Budget) -> Result:
-    t0 = time.perf_counter()
-    try:
-        r = client.post("/classify", params=budget.params,
-                        files={"video": (upload.name, upload.data, "video/mp4")})
-        try:
-            body = r.json()
-        except ValueError:
-            body = None
-        ms = (time.perf_counter() - t0) * 1e3
-        error = None if r.status_code == 200 else (
-            body.get("code") if isinstance(body, dict) else f"http {r.status_code}")
-        return Result(upload.kind, budget.name, r.status_code, ms, error,
-                      body if r.status_code == 200 else None, upload.label, budget.ms)
-    except Exception as e:  # noqa: BLE001 - transport errors, timeouts: counted, never fatal
-        return Result(upload.kind, budget.name, 0, (time.perf_counter() - t0) * 1e3,
-                      f"{type(e).__name__}: {e}"[:200], None, upload.label, budget.ms)
-
-
-class Tally:
-    """Requests answered and not 200 so far, on one progress line (common.progress)."""
-
-    def __init__(self, label: str, total: int | None, seconds: float | None):
-        self.label, self.total, self.seconds = label, total, seconds
-        self.done = self.errors = 0
-        self.lock = threading.Lock()
-        self.start = time.monotonic()
-        self.progress = Progress(total, label + ":", interval=10)
-
-    def add(self, result: Result) -> None:
-        with self.lock:
-            self.done += 1
-            self.errors += result.status != 200
-            self.progress.update(self.done, self.text())
-
-    def text(self) -> str:
-        el = time.monotonic() - self.start
-        spent = f" in {el:.0f}/{self.seconds:g} s" if self.seconds else ""
-        return f"requests{spent}, {self.done / max(el, 1e-9):.1f} req/s, {self.errors} non-200"
-
-    def close(self) -> None:
-        self.progress.close(f"{self.label}: {self.done} {self.text()}")
-
-
-def run_clients(url: str, job, concurrency: int, requests: int | None, seconds: float | None,
-                timeout: float, label: str) -> tuple[list[Result], float]:
-    """`concurrency` threads, each with its own connection, send job(i) for i = 0, 1, ... until
-    `requests` were sent or `seconds` passed; (results, wall seconds)."""
-    counter, lock, results = iter(range(10 ** 12)), threading.Lock(), []
-    progress = Tally(label, requests, seconds)
-    start = time.perf_counter()
-    deadline = start + seconds if seconds else None
-
-    failures: list[BaseException] = []
-
-    def worker():
-        try:
-            with httpx.Client(base_url=url, timeout=timeout) as client:
-                while not failures:
-                    with lock:
-                        i = next(counter)
-                    if (requests is not None and i >= requests) or \
-                            (deadline is not None and time.perf_counter() >= deadline):
-                        return
-                    upload, budget = job(i)
-                    result = send(client, upload, budget)
-                    with lock:
-                        results.append(result)
-                    progress.add(result)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
-            failures.append(e)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    progress.close()
-    if failures:
-        raise failures[0]
-    return results, wall
-
-
-# ----------------------------------------------------------------------------- statistics
-def pct(values, q: float) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.percentile(values, q)) if values else None
-
-
-def by_status(results: list[Result], include_ok: bool = False) -> dict:
-    """{"429": 3, "exc": 1, ...}: answers by HTTP status (without 200 unless include_ok)."""
-    counts = collections.Counter(str(r.status) if r.status else "exc" for r in results
-                                 if include_ok or r.status != 200)
-    return dict(sorted(counts.items()))
-
-
-def summarize(results: list[Result], wall_s: float, budget: str | None = None) -> dict:
-    ok = [r for r in results if r.ok]
-    client = [r.client_ms for r in ok]
-    overhead = [r.timing("total") - r.timing("decode") - r.timing("preprocess") - r.timing("model")
-                for r in ok]
-    # "all": feasibility and hits over the requests that had a budget
-    with_budget = [r for r in ok if r.budget != "none"]
-    # what a client sees: every request with a latency budget, errors included
-    timed = [r for r in results if r.budget_ms is not None]
-    budgeted = bool(with_budget)
-    feasible = [r for r in with_budget if r.body["budget"]["feasible"]]
-    configs = collections.Counter(
-        "{frames}x{pixels}/{patch}".format(**r.body["config"]) for r in ok)
-    labelled = [r for r in ok if r.label is not None]
-    row = {
-        "budget": budget or "all", "requests": len(results), "ok": len(ok),
-        "throughput_rps": len(ok) / wall_s if wall_s > 0 else None,
-        "client_ms": {"p50": pct(client, 50), "p95": pct(client, 95), "p99": pct(client, 99)},
-        "server_total_ms": {"p50": pct([r.timing("total") for r in ok], 50),
-                            "p99": pct([r.timing("total") for r in ok], 99)},
-        "overhead_ms_p50": pct(overhead, 50),
-        "queue_ms_p50": pct([r.timing("queue") for r in ok], 50),
-        "stage_ms_p50": {s: pct([r.timing(s) for r in ok], 50)
-                         for s in ("upload", "probe", "queue", "decode", "preprocess", "model")},
-        "with_budget": len(with_budget),
-        "feasible": len(feasible) if budgeted else None,
-        "met": sum(r.body["budget"]["met"] for r in with_budget) if budgeted else None,
-        "met_among_feasible": sum(r.body["budget"]["met"] for r in feasible) if budgeted else None,
-        "hit_rate": (sum(r.body["budget"]["met"] for r in feasible) / len(feasible)
-                     if budgeted and feasible else None),
-        "latency_budgeted": len(timed),
-        "met_at_client": (sum(r.met_at_client for r in timed) / len(timed)
-                          if timed else None),
-        "configs": dict(configs.most_common()),
-        "errors_by_status": by_status(results),
-        "top1": (sum(r.body["labels"][0]["label"] == r.label for r in labelled) / len(labelled)
-                 if labelled else None),
-    }
-    return row
-
-
-def _ms(v):
-    return "-" if v is None else round(v, 1)
-
-
-def table_row(s: dict, concurrency: int | None = None) -> dict:
-    row = {"conc": concurrency, "budget": s["budget"], "n": s["requests"],
-           "req/s": "-" if s["throughput_rps"] is None else round(s["throughput_rps"], 2),
-           "p50": _ms(s["client_ms"]["p50"]), "p95": _ms(s["client_ms"]["p95"]),
-           "p99": _ms(s["client_ms"]["p99"]), "srv p50": _ms(s["server_total_ms"]["p50"]),
-           "ovh p50": _ms(s["overhead_ms_p50"]), "queue p50": _ms(s["queue_ms_p50"]),
-           "feas": "-" if s["feasible"] is None else f"{s['feasible']}/{s['with_budget']}",
-           "met": "-" if s["met_at_client"] is None else f"{s['met_at_client']:.0%}",
-           "config": next(iter(s["configs"]), "-"),
-           "errors": " ".join(f"{k}:{v}" for k, v in s["errors_by_status"].items()) or "-"}
-    if s["top1"] is not None:
-        row["top1"] = f"{s['top1']:.0%}"
-    return row
-
-
-# ----------------------------------------------------------------------------- the server
-class ServerTree:
-    """RSS of a process and its descendants, sampled in the background (psutil, else /proc)."""
-
-    def __init__(self, pid: int | None, every_s: float):
-        self.pid, self.every_s, self.samples, self.roles = pid, every_s, [], []
-        self.workers: dict[int, float] = {}  # worker pid -> first seen (s): a restart adds one
-        self.t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss_mb(self) -> float | None:
-        total = self.by_role()
-        return None if total is None else sum(total.values())
-
-    def by_role(self) -> dict[str, float] | None:
-        """RSS in MiB of the tree's processes summed by role: the server's root process, its
-        children (BentoML's workers), the decoding processes (video.isolation) and any other."""
-        if self.pid is None:
-            return None
-        try:
-            import psutil
-        except ImportError:
-            total = _proc_tree_rss(self.pid)
-            return None if total is None else {"tree": total}
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return None
-        roles = collections.Counter()
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                rss = p.memory_info().rss
-                role = ("root" if p.pid == self.pid else
-                        "decoders" if "video.isolation" in " ".join(p.cmdline()) else
-                        "workers" if p.ppid() == self.pid else "other")
-                roles[role] += rss / 2 ** 20
-                if role == "workers":
-                    self.workers.setdefault(p.pid, round(time.monotonic() - self.t0, 2))
-        return dict(roles)
-
-    def sample(self) -> None:
-        roles = self.by_role()
-        if roles is not None:
-            t = round(time.monotonic() - self.t0, 2)
-            self.samples.append([t, round(sum(roles.values()), 1)])
-            self.roles.append([t, {k: round(v, 1) for k, v in sorted(roles.items())}])
-
-    def _run(self):
-        while not self._stop.wait(self.every_s):
-            self.sample()
-
-    def __enter__(self):
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def report(self, warmup_s: float = 0.0) -> dict:
-        """start/max/end, and the growth after warm-up: the largest sample after `warmup_s`
-        over the sample at `warmup_s`, as a fraction."""
-        mbs = [mb for _, mb in self.samples]
-        after = [mb for t, mb in self.samples if t >= warmup_s]
-        growth = (max(after) / after[0] - 1) if len(after) >= 2 and after[0] else None
-        return {"pid": self.pid, "every_s": self.every_s,
-                "start": mbs[0] if mbs else None, "max": max(mbs) if mbs else None,
-                "end": mbs[-1] if mbs else None, "warmup_s": warmup_s,
-                "after_warmup": after[0] if after else None, "growth_after_warmup": growth,
-                "worker_pids": {str(k): v for k, v in self.workers.items()},
-                "samples": self.samples, "by_role": self.roles}
-
-
-def _proc_tree_rss(pid: int) -> float | None:
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    rss = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children[ppid].append(int(entry.name))
-            rss[int(entry.name)] = int((entry / "statm").read_text().split()[1]) * page
-    if pid not in rss:
-        return None
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo.extend(children.get(p, []))
-    return total / 2 ** 20
-
-
-def pid_listening_on(port: int) -> int | None:
-    """The process listening on a local port (psutil; None when it cannot be told)."""
-    try:
-        import psutil
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-                return c.pid
-    except Exception:  # noqa: BLE001 - permissions, platform
-        pass
-    return None
-
-
-def fresh_checkpoint(directory: Path, preset: str) -> Path:
-    from model import build_model, save_checkpoint
-    from video.synthetic import CLASSES
-    import torch
-
-    torch.manual_seed(0)
-    net = build_model(preset, num_classes=len(CLASSES)).eval()
-    return save_checkpoint(net, directory / f"fresh_{preset}", labels=list(CLASSES))
-
-
-def server_env(args, work: Path, tmpdir: Path) -> tuple[dict, str]:
-    """The server's environment and a description of the checkpoint it serves."""
-    from serving.settings import DEFAULT_CHECKPOINT
-
-    env = dict(os.environ)
-    env.update({"STRETCHYSNAKE_TMPDIR": str(tmpdir), "BENTOML_DO_NOT_TRACK": "True",
-                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
-    if args.checkpoint:
-        env["STRETCHYSNAKE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
-        what = str(args.checkpoint)
-    elif DEFAULT_CHECKPOINT.exists():
-        env.pop("STRETCHYSNAKE_CHECKPOINT", None)
-        what = f"{DEFAULT_CHECKPOINT.relative_to(REPO)} (the service's default)"
-    else:
-        path = fresh_checkpoint(work, args.preset)
-        env["STRETCHYSNAKE_CHECKPOINT"] = str(path)
-        what = (f"fresh {args.preset} weights (untrained: {DEFAULT_CHECKPOINT.relative_to(REPO)} "
-                "does not exist yet; latencies are real, labels are noise)")
-        print(f"no checkpoint given and none bundled: serving {what}", file=sys.stderr)
-    if args.profile:
-        env["STRETCHYSNAKE_PROFILE"] = str(Path(args.profile).resolve())
-    if args.threads:
-        env["STRETCHYSNAKE_THREADS"] = str(args.threads)
-    if args.workers:
-        env["BENTOML_CONFIG_OPTIONS"] = f"services.StretchySnake.workers={args.workers}"
-    return env, what
-
-
-def policy_env(policy: str) -> dict[str, str]:
-    """"deadline" or "fifo", optionally with settings: "deadline:URGENT_SLOTS=0" ->
-    the server's STRETCHYSNAKE_* variables (ValueError for anything else)."""
-    name, *settings = policy.split(":")
-    if name not in ("deadline", "fifo"):
-        raise ValueError(f"a policy is deadline or fifo (with :SETTING=VALUE), not {policy!r}")
-    env = {"STRETCHYSNAKE_SCHEDULER": name}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not (sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", key) and value):
-            raise ValueError(f"{item!r} in {policy!r}: settings are written NAME=VALUE, the "
-                             f"name of a STRETCHYSNAKE_ variable without its prefix")
-        env["STRETCHYSNAKE_" + key] = value
-    return env
-
-
-@contextlib.contextmanager
-def server(args, work: Path, policy: str | None = None):
-    """(url, pid or None, uploads directory or None, info): the --url server, or one started
-    here (with STRETCHYSNAKE_SCHEDULER=policy when given) and stopped on leaving."""
-    if args.url:
-        url = args.url.rstrip("/")
-        port = httpx.URL(url).port
-        pid = args.server_pid or (pid_listening_on(port) if port else None)
-        yield url, pid, args.server_tmpdir, {"started_here": False, "url": url}
-        return
-    if policy is not None:
-        work = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
-    tmpdir = work / "uploads"
-    tmpdir.mkdir(parents=True)
-    env, what = server_env(args, work, tmpdir)
-    if policy is not None:
-        env.update(policy_env(policy))
-    log = work / "server.log"
-    print(f"starting bentoml serve ({what}); log: {log}", file=sys.stderr)
-    t0 = time.perf_counter()
-    try:
-        with serve(env, log, timeout_s=args.start_timeout) as running:
-            info = {"started_here": True, "checkpoint": what, "log": str(log),
-                    "start_s": round(time.perf_counter() - t0, 1)}
-            print(f"ready at {running.url} after {info['start_s']} s", file=sys.stderr)
-            yield running.url, running.proc.pid, tmpdir, info
-            text = log.read_text(errors="replace")
-            info["tracebacks_in_log"] = text.count("Traceback")
-            if info["tracebacks_in_log"]:
-                print("tracebacks in the server log; the last one:\n"
-                      + text[text.rindex("Traceback"):][:3000], file=sys.stderr)
-    except ServerFailed as e:
-        sys.exit(f"the server did not start: {e}")
-
-
-def profile_configs(url: str) -> list[dict]:
-    """The configurations of the server's active profile (frames, pixels, patch, gflops)."""
-    view = httpx.get(url + "/profile", timeout=30).json()
-    return [{k: c[k] for k in ("frames", "pixels", "patch", "gflops")}
-            for c in view["table"]["configs"]]
-
-
-def server_profile(url: str) -> dict:
-    try:
-        view = httpx.get(url + "/profile", timeout=30).json()
-    except (httpx.HTTPError, ValueError):
-        return {}
-    return {"source": view.get("source"), "device": view.get("device"),
-            "accuracy_known": view.get("accuracy_known"), "classes": view.get("classes"),
-            "configs": len(view.get("table", {}).get("configs", [])),
-            "model": {k: view.get("model", {}).get(k)
-                      for k in ("embed_dim", "depth", "num_frames", "img_size", "patch_size",
-                                "fingerprint")},
-            "notes": view.get("notes")}
-
-
-def leftovers(tmpdir: Path | None, wait_s: float = 5) -> list[str] | None:
-    """Files still in the server's upload directory (after waiting up to wait_s for the last
-    requests' clean-up); None when the directory is not known."""
-    if tmpdir is None:
-        return None
-    tmpdir = Path(tmpdir)
-    deadline = time.monotonic() + wait_s
-    while True:
-        left = sorted(p.name for p in tmpdir.iterdir()) if tmpdir.is_dir() else []
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
-
-
-# ----------------------------------------------------------------------------- plots
-def plot_load(levels: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 4), squeeze=False)
-    for ax, level in zip(axes[0], levels):
-        rows = level["budgets"]
-        x = np.arange(len(rows))
-        for j, (q, colour) in enumerate((("p50", "C0"), ("p95", "C1"), ("p99", "C3"))):
-            ax.bar(x + (j - 1) * 0.27, [r["client_ms"][q] or 0 for r in rows], 0.27, label=q,
-                   color=colour)
-        highest = max([r["client_ms"]["p99"] or 0 for r in rows] + [1e-3])
-        shown = [highest]
-        for i, r in enumerate(rows):
-            ms = Budget.parse(r["budget"]).ms
-            if ms is not None and ms <= 2 * highest:  # a far larger budget would squash the bars
-                ax.hlines(ms, i - 0.45, i + 0.45, colors="k", linestyles="--", linewidth=1)
-                shown.append(ms)
-        ax.set_ylim(0, 1.12 * max(shown))
-        ax.set_xticks(x, [r["budget"] for r in rows], rotation=30, fontsize=8)
-        ax.set_title(f"concurrency {level['concurrency']}: "
-                     f"{level['all']['throughput_rps']:.1f} req/s", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("client latency (ms); dashed: budget_ms")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_soak(rss: dict, path: Path) -> Path | None:
-    if not rss.get("samples"):
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    t, mb = zip(*rss["samples"])
-    ax.plot(t, mb, marker=".", label="all")
-    roles = sorted({r for _, by in rss.get("by_role", []) for r in by})
-    for role in roles if len(roles) > 1 else ():
-        ax.plot([t for t, _ in rss["by_role"]], [by.get(role, 0) for _, by in rss["by_role"]],
-                label=role, linewidth=1)
-    if rss.get("warmup_s"):
-        ax.axvline(rss["warmup_s"], color="k", linestyle=":", linewidth=1, label="warm-up end")
-    ax.legend(fontsize=8)
-    ax.set_xlabel("seconds into the soak")
-    ax.set_ylabel("server process tree RSS (MiB)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write(name: str, payload: dict, out_dir: Path) -> Path:
-    if out_dir.resolve() == RESULTS.resolve():
-        return save(name, payload)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
-    print(f"\nwrote {path}")
-    return path
+from benchmarks.common import RESULTS, print_table  # noqa: E402
+from benchmarks.load.clients import (DEFAULT_BUDGETS, DEFAULT_MIX, HOSTILE_KINDS,  # noqa: E402
+                                     Budget, Upload, dataset_clips, hostile_uploads, mixed_job,
+                                     render_clips, run_clients, send)
+from benchmarks.load.report import (by_status, fmt_ms, pct, plot_load, plot_mixed,  # noqa: E402
+                                    plot_soak, summarize, summarize_mixed, table_row, write)
+from benchmarks.load.servers import (ServerTree, leak_verdict, leftovers,  # noqa: E402
+                                     policy_env, profile_configs, server, server_profile)
+from serving.testing import REPO  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -691,47 +117,6 @@ def run_load(args, url: str, clips: list[Upload], budgets: list[Budget]) -> dict
                     title=f"concurrency {conc}: {len(results)} requests in {wall:.1f} s, "
                           f"{overall['throughput_rps']:.2f} req/s answered")
     return {"levels": levels}
-
-
-def mixed_job(clips: list[Upload], mix: list[Budget], seed: int):
-    """Request i -> (clip, budget): the budget drawn from `mix` by a generator of its own, so
-    that every policy and every concurrency level sees the same sequence."""
-    def job(i):
-        return clips[i % len(clips)], mix[random.Random(seed * 1_000_003 + i).randrange(len(mix))]
-    return job
-
-
-def summarize_mixed(results: list[Result], wall_s: float, mix: list[Budget]) -> dict:
-    """What a client sees: every request with a latency budget counts, errors included."""
-    timed = [r for r in results if r.budget_ms is not None]
-    met = [r for r in timed if r.met_at_client]
-    correct = [r for r in met if r.label is not None and r.body["labels"][0]["label"] == r.label]
-    labelled = all(r.label is not None for r in timed)
-    rows = []
-    for b in mix:
-        mine = [r for r in results if r.budget == b.name]
-        ok = [r for r in mine if r.ok]
-        rows.append({
-            "budget": b.name, "requests": len(mine), "ok": len(ok),
-            "met": sum(r.met_at_client for r in mine) if b.ms is not None else None,
-            "client_ms": {"p50": pct([r.client_ms for r in ok], 50),
-                          "p99": pct([r.client_ms for r in ok], 99)},
-            "configs": dict(collections.Counter(
-                "{frames}x{pixels}/{patch}".format(**r.body["config"]) for r in ok).most_common()),
-            "reasons": dict(collections.Counter(r.body["budget"]["reason"] for r in ok
-                                                if r.body["budget"]["reason"])),
-            "errors_by_status": by_status(mine)})
-    return {
-        "requests": len(results), "ok": sum(r.ok for r in results), "wall_s": round(wall_s, 2),
-        "throughput_rps": sum(r.ok for r in results) / wall_s if wall_s else None,
-        "latency_budgeted": len(timed), "met": len(met),
-        "met_share": len(met) / len(timed) if timed else None,
-        "effective_accuracy": len(correct) / len(timed) if timed and labelled else None,
-        "top1_answered": (sum(r.body["labels"][0]["label"] == r.label for r in results
-                              if r.ok and r.label is not None)
-                          / max(1, sum(r.ok and r.label is not None for r in results))
-                          if labelled else None),
-        "errors_by_status": by_status(results), "budgets": rows}
 
 
 def run_mixed(args, work: Path, clips: list[Upload], mix: list[Budget]) -> dict:
@@ -764,42 +149,13 @@ def run_mixed(args, work: Path, clips: list[Upload], mix: list[Budget]) -> dict:
                    "errors": " ".join(f"{k}:{v}" for k, v in level["errors_by_status"].items())
                    or "-"}
             for b in level["budgets"]:
-                row[b["budget"]] = f"{_ms(b['client_ms']['p50'])}/{_ms(b['client_ms']['p99'])}"
+                ms = b["client_ms"]
+                row[b["budget"]] = f"{fmt_ms(ms['p50'])}/{fmt_ms(ms['p99'])}"
             rows.append(row)
     print_table(rows, list(rows[0]), title="mixed budgets, closed-loop clients: latency budgets "
                 "met at the client, effective accuracy (correct and in time, over all budgeted "
                 "requests), throughput; per budget p50/p99 client ms")
     return {"mix": [b.name for b in mix], "runs": runs}
-
-
-def plot_mixed(out: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = (("met_share", "latency budgets met at the client"),
-              ("effective_accuracy", "effective accuracy"),
-              ("throughput_rps", "answers per second"))
-    for ax, (key, title) in zip(axes, panels):
-        for run in out["runs"]:
-            conc = [lv["concurrency"] for lv in run["levels"]]
-            ax.plot(conc, [lv[key] if lv[key] is not None else np.nan for lv in run["levels"]],
-                    marker="o", label=run["policy"])
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("closed-loop clients")
-        ax.set_xticks([lv["concurrency"] for lv in out["runs"][0]["levels"]])
-        ax.grid(alpha=0.3)
-        if key != "throughput_rps":
-            ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("mixed budgets " + ", ".join(out["mix"]), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def run_frontier(args, url: str, clips: list[Upload], budgets: list[Budget], served: dict,
@@ -834,7 +190,8 @@ def run_frontier(args, url: str, clips: list[Upload], budgets: list[Budget], ser
         got = by_budget[b.name]["top1"]
         rows.append({"budget": b.name, "served_top1": got, "served_configs":
                      by_budget[b.name]["configs"],
-                     "best_fixed": best and best["config"], "best_fixed_top1": best and best["top1"],
+                     "best_fixed": best and best["config"],
+                     "best_fixed_top1": best and best["top1"],
                      "fixed_that_fit": [f["config"] for f in fits],
                      "served_at_least_fixed": None if best is None or got is None
                      else got >= best["top1"]})
@@ -842,7 +199,7 @@ def run_frontier(args, url: str, clips: list[Upload], budgets: list[Budget], ser
         del f["totals"]
     print_table([{"config": f["config"], "gflops": round(f["gflops"], 3),
                   "top1": "-" if f["top1"] is None else f"{f['top1']:.1%}",
-                  "srv p50": _ms(f["total_ms"]["p50"]), "srv p99": _ms(f["total_ms"]["p99"])}
+                  "srv p50": fmt_ms(f["total_ms"]["p50"]), "srv p99": fmt_ms(f["total_ms"]["p99"])}
                  for f in fixed], ["config", "gflops", "top1", "srv p50", "srv p99"],
                 title=f"fixed configurations, {len(clips)} clips each, concurrency 1")
     print_table([{"budget": r["budget"],
@@ -1037,17 +394,15 @@ def main(argv=None) -> int:
         checks = {"no_5xx": out["status_5xx"] == 0,
                   "hostile_all_4xx": not out["hostile"]["not_4xx"],
                   "no_temp_files_left": not left,
-                  # None: the soak was too short to measure it
-                  "rss_growth_under_10pct": None if out["rss_mb"]["growth_after_warmup"] is None
-                  else out["rss_mb"]["growth_after_warmup"] < 0.10,
+                  "rss_growth_under_10pct": leak_verdict(out["rss_mb"]),
                   "no_tracebacks_in_log": not info.get("tracebacks_in_log"),
                   # a worker that crashed is restarted by BentoML under a new pid
                   "no_worker_restarts": None if not out["rss_mb"]["worker_pids"] else
                   max(out["rss_mb"]["worker_pids"].values()) <= out["rss_mb"]["samples"][0][0]}
         payload["checks"] = checks
         print_table([{"budget": r["budget"], "n": r["requests"], "ok": r["ok"],
-                      "p50": _ms(r["client_ms"]["p50"]), "p99": _ms(r["client_ms"]["p99"]),
-                      "srv p99": _ms(r["server_total_ms"]["p99"]),
+                      "p50": fmt_ms(r["client_ms"]["p50"]), "p99": fmt_ms(r["client_ms"]["p99"]),
+                      "srv p99": fmt_ms(r["server_total_ms"]["p99"]),
                       "met": "-" if r["met"] is None else f"{r['met']}/{r['ok']}",
                       "at client": "-" if r["met_at_client"] is None
                       else f"{r['met_at_client']:.0%}",

@@ -1,0 +1,1 @@
+"""The pieces of benchmarks/serve_load.py: clients, servers, report."""
