@@ -7,10 +7,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from serving.latency import time_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,17 +43,10 @@ def camera_clip(cache: Path, width: int, height: int, fps: float, gop_s: float,
 
 
 def timeit(fn, repeats: int = 10, warmup: int = 2, min_time: float = 0.0) -> dict:
-    """Run fn warmup times, then at least `repeats` times (and at least min_time seconds);
-    milliseconds: min, median, p90."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    """Run fn warmup times, then at least `repeats` times (and at least min_time seconds), with
+    the project's timing loop (serving.latency.time_runs); milliseconds: min, median, p90."""
+    times = sorted(time_runs(fn, warmup=warmup, min_runs=max(1, repeats), min_seconds=min_time,
+                             max_runs=max(1, repeats, 10 ** 9)))
     return {"min_ms": times[0], "median_ms": statistics.median(times),
             "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))], "runs": len(times)}
 
