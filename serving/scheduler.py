@@ -85,8 +85,8 @@ class Policy:
                                     # in this window
     urgent_slots: int = 0           # decodes beyond decode_slots for requests that cannot wait,
                                     # run at normal priority while the decode_slots run niced
-                                    # (the caller's decoding processes): then nothing is held
-                                    # back, the kernel gives the urgent decode the cores
+                                    # (the caller's decoding processes), so the kernel gives
+                                    # the urgent decode the cores
     lookahead: int = 16             # requests behind the head that a rollout considers
 
     def __post_init__(self):
@@ -281,8 +281,9 @@ class Scheduler:
     def _next_decode(self, now: float) -> tuple[Request | None, str | None]:
         """The request whose decode starts now and its lane, or (None, None). In priority order,
         the first that has a lane free: the urgent lane takes only requests that cannot wait
-        and can still be on time, the background lane any request; without an urgent lane, on
-        shared cores, work that can wait may be held back (`_can_wait`)."""
+        (`_urgent`), the background lane any request, except that on shared cores work that can
+        wait is held back (`_can_wait`; with the lane too: measured, starting it niced at once
+        met fewer budgets), and then so is everything behind it."""
         p = self.policy
         if p.name == "fifo":
             if self.decoding or self.ready or self.running:
