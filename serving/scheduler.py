@@ -283,7 +283,7 @@ class Scheduler:
         the first that has a lane free: the urgent lane takes only requests that cannot wait
         (`_urgent`), the background lane any request, except that on shared cores work that can
         wait is held back (`_can_wait`; with the lane too: measured, starting it niced at once
-        met fewer budgets), and then so is everything behind it."""
+        met fewer budgets), and then so is everything behind it, but for the urgent lane."""
         p = self.policy
         if p.name == "fifo":
             if self.decoding or self.ready or self.running:
@@ -293,13 +293,16 @@ class Scheduler:
         urgent_free = self._busy("urgent") < p.urgent_slots
         if not (background_free or urgent_free):
             return None, None
+        held = False  # a request that can wait holds the background lane for those behind it
         for r in sorted(self.pending, key=lambda q: self._priority(q, now)):
             if urgent_free and self._urgent(r, now):
                 return r, "urgent"
-            if background_free:
-                if p.shared_cores and self._can_wait(r, now):
-                    return None, None
-                return r, "background"
+            if background_free and not held:
+                if not (p.shared_cores and self._can_wait(r, now)):
+                    return r, "background"
+                held = True
+            if held and not urgent_free:
+                break
         return None, None
 
     def _urgent(self, r: Request, now: float) -> bool:

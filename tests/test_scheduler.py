@@ -246,6 +246,24 @@ def test_an_urgent_lane_starts_a_request_that_cannot_wait_while_the_decoders_are
     assert plain.submit(late, 1.0) == [] and late.state == "pending"
 
 
+def test_loose_work_held_back_does_not_hold_the_urgent_lane():
+    """On shared cores a request that can wait is held back from the background lane, and so is
+    everything behind it, but not from the urgent lane: a request just late by the prediction,
+    whose decode can still end before its deadline, behind the held one, takes it."""
+    sched = Scheduler(Policy(decode_slots=2, urgent_slots=1, shared_cores=True))
+    first = req(0.0, 5000)
+    sched.submit(first, 0.0)
+    urgent = req(1.0, 35)
+    sched.submit(urgent, 1.0)
+    held = req(2.0, 5000)
+    sched.submit(held, 2.0)
+    assert (first.lane, urgent.lane, held.state) == ("background", "urgent", "pending")
+    sched.decoded(urgent, 15.0)       # the urgent lane is free; the model runs it until 18
+    tight = req(16.0, 14)             # decode 8 + model 2.5 after 18: 26.5 > 25, but 24 <= 25
+    assert [a.request for a in sched.submit(tight, 16.0) if isinstance(a, Decode)] == [tight]
+    assert tight.lane == "urgent" and held.state == "pending"
+
+
 def test_an_urgent_lane_raises_the_budgets_met_under_a_stream_of_loose_work():
     """Open loop: loose requests keep the one decoder busy; tight ones arrive among them."""
     def arrivals():
