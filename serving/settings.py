@@ -134,7 +134,7 @@ class Settings:
             v = env.get(PREFIX + name)
             return v if v not in (None, "") else None
 
-        def number(name: str, kind, low):
+        def number(name: str, kind, low, high=math.inf):
             text = get(name)
             if text is None:
                 return None
@@ -146,6 +146,9 @@ class Settings:
                 return None
             if not (math.isfinite(v) and v >= low):
                 problems.append(f"{PREFIX}{name}={text!r}: must be >= {low}")
+                return None
+            if v > high:
+                problems.append(f"{PREFIX}{name}={text!r}: must be <= {high}")
                 return None
             return v
 
@@ -180,7 +183,7 @@ class Settings:
                 else:
                     problems.append(f"{PREFIX}{name}={get(name)!r}: must be one of "
                                     f"{', '.join(allowed)}")
-        for key, name, kind, low in (("threads", "THREADS", int, 1),
+        for key, name, kind, low, *high in (("threads", "THREADS", int, 1),
                                      ("max_upload_bytes", "MAX_UPLOAD_BYTES", int, 1),
                                      ("max_duration_s", "MAX_DURATION_S", float, 0.001),
                                      ("max_decode_s", "MAX_DECODE_S", float, 0.001),
@@ -190,19 +193,16 @@ class Settings:
                                      ("upload_min_rate", "UPLOAD_MIN_RATE", float, 0),
                                      ("decode_slots", "DECODE_SLOTS", int, 1),
                                      ("urgent_slots", "URGENT_SLOTS", int, 0),
-                                     ("decode_nice", "DECODE_NICE", int, 0),
+                                     ("decode_nice", "DECODE_NICE", int, 0, 19),
                                      ("max_batch", "MAX_BATCH", int, 1),
                                      ("default_deadline_ms", "DEFAULT_DEADLINE_MS", float, 1),
                                      ("age_bound_ms", "AGE_BOUND_MS", float, 0),
                                      ("deadline_margin_ms", "DEADLINE_MARGIN_MS", float, 0),
                                      ("drain_s", "DRAIN_S", float, 0),
                                      ("decode_memory_mb", "DECODE_MEMORY_MB", int, 256)):
-            v = number(name, kind, low)
+            v = number(name, kind, low, *high)
             if v is not None:
                 values[key] = v
-        if values.get("decode_nice", 0) > 19:
-            problems.append(f"{PREFIX}DECODE_NICE={values.pop('decode_nice')}: must be <= 19 "
-                            f"(the kernel's lowest priority)")
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
         return cls(**values)

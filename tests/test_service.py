@@ -632,6 +632,12 @@ def test_settings_from_env():
                            "STRETCHYSNAKE_METRICS_NEED_KEY": "maybe"})
     assert "API_KEY" in str(e.value) and "two words" not in str(e.value)
     assert "METRICS_NEED_KEY" in str(e.value)
+    # the urgent lane's settings: niceness within the kernel's range
+    lanes = Settings.from_env({"STRETCHYSNAKE_URGENT_SLOTS": "0", "STRETCHYSNAKE_DECODE_NICE": "19"})
+    assert (lanes.urgent_slots, lanes.decode_nice) == (0, 19)
+    for nice in ("20", "-1"):
+        with pytest.raises(SettingsError, match="DECODE_NICE"):
+            Settings.from_env({"STRETCHYSNAKE_DECODE_NICE": nice})
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,8 @@ from common.progress import Progress
 
 
 DEFAULT_BUDGETS = "ms:40,ms:80,ms:200,gflops:0.1,none"
-
-
 DEFAULT_MIX = "ms:60,ms:100,ms:150,ms:250,ms:500,none"
-
-
 HOSTILE_KINDS = ("empty", "text", "truncated", "bitflip", "png")
-
-
 BUDGET_KEYS = {"ms": "budget_ms", "gflops": "budget_gflops"}
 
 
