@@ -104,6 +104,37 @@ def _row(tile, rows, i):
 
 
 @triton.jit
+def _program_channels(D, N, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The forward grid's program: its sequence, its BLOCK_D channels and the N state rows."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    return pid_b, offs_d, offs_d < D, offs_n, offs_n < N
+
+
+@triton.jit
+def _direction_setup(pid_b, offs_d, mask_d, offs_n, tile_mask, D,
+                     u_ptr, su_b, su_d, dl_ptr, sd_b, sd_d, b_ptr, sb_b, sb_n, c_ptr, sc_b, sc_n,
+                     z_ptr, sz_b, sz_d, a2_ptr, dskip_ptr, bias_ptr,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """What one direction's forward and backward both start from: A * log2(e) as an (N, D) tile
+    (computed on the host, so exp becomes one exp2), the D skip and delta bias of this program's
+    channels (zeros where absent), and the per-sequence base pointers of u, delta, B, C and z."""
+    a2 = tl.load(a2_ptr + offs_n[:, None] * D + offs_d[None, :], mask=tile_mask, other=0.0)
+    if HAS_D:
+        dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        dskip = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    return (a2, dskip, bias, u_ptr + pid_b * su_b + offs_d * su_d, dl_ptr + pid_b * sd_b + offs_d * sd_d,
+            b_ptr + pid_b * sb_b + offs_n * sb_n, c_ptr + pid_b * sc_b + offs_n * sc_n,
+            z_ptr + pid_b * sz_b + offs_d * sz_d)
+
+
+@triton.jit
 def _scan_direction(pid_b, offs_d, mask_d, offs_n, mask_n, L, D,
                     u_ptr, su_b, su_d, su_l, dl_ptr, sd_b, sd_d, sd_l,
                     b_ptr, sb_b, sb_n, sb_l, c_ptr, sc_b, sc_n, sc_l,
@@ -119,17 +150,10 @@ def _scan_direction(pid_b, offs_d, mask_d, offs_n, mask_n, L, D,
     per-token elementwise work (bias, softplus, delta*u, D skip, gate) runs on whole tiles, only
     the state update is per step (unrolled), and the group's outputs leave as one tile."""
     tile_mask = mask_n[:, None] & mask_d[None, :]
-    # A * log2(e), (N, D) on the host: exp becomes one exp2
-    a2 = tl.load(a2_ptr + offs_n[:, None] * D + offs_d[None, :], mask=tile_mask, other=0.0)
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    u_base = u_ptr + pid_b * su_b + offs_d * su_d
-    dl_base = dl_ptr + pid_b * sd_b + offs_d * sd_d
-    b_base = b_ptr + pid_b * sb_b + offs_n * sb_n
-    c_base = c_ptr + pid_b * sc_b + offs_n * sc_n
-    z_base = z_ptr + pid_b * sz_b + offs_d * sz_d
+    a2, dskip, bias, u_base, dl_base, b_base, c_base, z_base = _direction_setup(
+        pid_b, offs_d, mask_d, offs_n, tile_mask, D, u_ptr, su_b, su_d, dl_ptr, sd_b, sd_d,
+        b_ptr, sb_b, sb_n, c_ptr, sc_b, sc_n, z_ptr, sz_b, sz_d, a2_ptr, dskip_ptr, bias_ptr,
+        HAS_D, HAS_BIAS, BLOCK_D)
     o_base = out_ptr + pid_b * so_b + offs_d * so_d
     rows = tl.arange(0, GROUP)
     pos = _positions(rows, L, order_ptr, ORDER)
@@ -205,11 +229,7 @@ def _scan_fwd_kernel(u_ptr, su_b, su_d, su_l, dl_ptr, sd_b, sd_d, sd_l,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
                      STORE_STATE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      GROUP: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    pid_b, offs_d, mask_d, offs_n, mask_n = _program_channels(D, N, BLOCK_N, BLOCK_D)
     h = _scan_direction(pid_b, offs_d, mask_d, offs_n, mask_n, L, D,
                         u_ptr, su_b, su_d, su_l, dl_ptr, sd_b, sd_d, sd_l,
                         b_ptr, sb_b, sb_n, sb_l, c_ptr, sc_b, sc_n, sc_l,
@@ -230,11 +250,7 @@ def _bidir_fwd_kernel(uf_ptr, suf_b, suf_d, suf_l, dlf_ptr, sdf_b, sdf_d, sdf_l,
                       HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
                       ORDER_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       GROUP: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    pid_b, offs_d, mask_d, offs_n, mask_n = _program_channels(D, N, BLOCK_N, BLOCK_D)
     # backward direction: ungated output parked at each token's own position in `out`
     _scan_direction(pid_b, offs_d, mask_d, offs_n, mask_n, L, D,
                     ub_ptr, sub_b, sub_d, sub_l, dlb_ptr, sdb_b, sdb_d, sdb_l,
@@ -274,17 +290,11 @@ def _scan_bwd_kernel(u_ptr, su_b, su_d, su_l, dl_ptr, sd_b, sd_d, sd_l,
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     tile_mask = mask_n[:, None] & mask_d[None, :]
-    a2 = tl.load(a2_ptr + offs_n[:, None] * D + offs_d[None, :], mask=tile_mask, other=0.0)
+    a2, dskip, bias, u_base, dl_base, b_base, c_base, z_base = _direction_setup(
+        pid_b, offs_d, mask_d, offs_n, tile_mask, D, u_ptr, su_b, su_d, dl_ptr, sd_b, sd_d,
+        b_ptr, sb_b, sb_n, c_ptr, sc_b, sc_n, z_ptr, sz_b, sz_d, a2_ptr, dskip_ptr, bias_ptr,
+        HAS_D, HAS_BIAS, BLOCK_D)
     a_raw = a2 * 0.6931471805599453  # A itself, for d(exp(dt A))/d dt
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    u_base = u_ptr + pid_b * su_b + offs_d * su_d
-    dl_base = dl_ptr + pid_b * sd_b + offs_d * sd_d
-    b_base = b_ptr + pid_b * sb_b + offs_n * sb_n
-    c_base = c_ptr + pid_b * sc_b + offs_n * sc_n
-    z_base = z_ptr + pid_b * sz_b + offs_d * sz_d
     g_base = g_ptr + pid_b * sg_b + offs_d * sg_d
     tok_base = pid_b * L * D + offs_d  # (batch, L, D) outputs
     ckpt_tile = (pid_b * n_chunks * BLOCK_N + offs_n[:, None]) * D + offs_d[None, :]
