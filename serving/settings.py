@@ -93,6 +93,12 @@ def parse_flag(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _number(default, low, high=math.inf):
+    """A numeric setting, read from STRETCHYSNAKE_<its name in capitals>, within [low, high];
+    its kind (int or float) is the field's annotation."""
+    return dataclasses.field(default=default, metadata={"low": low, "high": high})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     checkpoint: Path = DEFAULT_CHECKPOINT
@@ -100,26 +106,26 @@ class Settings:
     labels: Path | None = None
     profile: Path | None = None          # None: serving.devices.default_profile_path(device)
     device: str | None = None
-    threads: int | None = None
+    threads: int | None = _number(None, 1)
     tmpdir: Path = Path(tempfile.gettempdir()) / "stretchysnake-uploads"
-    max_upload_bytes: int = 200_000_000
-    max_duration_s: float = 3600.0
-    max_decode_s: float = 10.0
+    max_upload_bytes: int = _number(200_000_000, 1)
+    max_duration_s: float = _number(3600.0, 0.001)
+    max_decode_s: float = _number(10.0, 0.001)
     decode_isolation: str = "process"     # or "inline"
-    decode_memory_mb: int = 2048
-    max_inflight: int = 8
-    max_uploads: int = 64
-    upload_idle_s: float = 10.0
-    upload_min_rate: float = 1024.0
+    decode_memory_mb: int = _number(2048, 256)  # threads and malloc reserve some
+    max_inflight: int = _number(8, 1)
+    max_uploads: int = _number(64, 1)
+    upload_idle_s: float = _number(10.0, 0.001)
+    upload_min_rate: float = _number(1024.0, 0)
     scheduler: str = "deadline"          # or "fifo"
-    decode_slots: int = 2
-    urgent_slots: int = 1
-    decode_nice: int = 10
-    max_batch: int | None = None         # None: 8 on CUDA, 1 on CPUs
-    default_deadline_ms: float = 1000.0
-    age_bound_ms: float = 1000.0
-    deadline_margin_ms: float = 5.0
-    drain_s: float = 30.0
+    decode_slots: int = _number(2, 1)
+    urgent_slots: int = _number(1, 0)
+    decode_nice: int = _number(10, 0, 19)  # setpriority's range for an unprivileged process
+    max_batch: int | None = _number(None, 1)  # None: 8 on CUDA, 1 on CPUs
+    default_deadline_ms: float = _number(1000.0, 1)
+    age_bound_ms: float = _number(1000.0, 0)
+    deadline_margin_ms: float = _number(5.0, 0)
+    drain_s: float = _number(30.0, 0)
     cache: Path = Path.home() / ".cache" / "stretchysnake"
     api_key: str | None = dataclasses.field(default=None, repr=False)  # never in a log line
     metrics_need_key: bool = False
@@ -183,26 +189,12 @@ class Settings:
                 else:
                     problems.append(f"{PREFIX}{name}={get(name)!r}: must be one of "
                                     f"{', '.join(allowed)}")
-        for key, name, kind, low, *high in (("threads", "THREADS", int, 1),
-                                     ("max_upload_bytes", "MAX_UPLOAD_BYTES", int, 1),
-                                     ("max_duration_s", "MAX_DURATION_S", float, 0.001),
-                                     ("max_decode_s", "MAX_DECODE_S", float, 0.001),
-                                     ("max_inflight", "MAX_INFLIGHT", int, 1),
-                                     ("max_uploads", "MAX_UPLOADS", int, 1),
-                                     ("upload_idle_s", "UPLOAD_IDLE_S", float, 0.001),
-                                     ("upload_min_rate", "UPLOAD_MIN_RATE", float, 0),
-                                     ("decode_slots", "DECODE_SLOTS", int, 1),
-                                     ("urgent_slots", "URGENT_SLOTS", int, 0),
-                                     ("decode_nice", "DECODE_NICE", int, 0, 19),
-                                     ("max_batch", "MAX_BATCH", int, 1),
-                                     ("default_deadline_ms", "DEFAULT_DEADLINE_MS", float, 1),
-                                     ("age_bound_ms", "AGE_BOUND_MS", float, 0),
-                                     ("deadline_margin_ms", "DEADLINE_MARGIN_MS", float, 0),
-                                     ("drain_s", "DRAIN_S", float, 0),
-                                     ("decode_memory_mb", "DECODE_MEMORY_MB", int, 256)):
-            v = number(name, kind, low, *high)
-            if v is not None:
-                values[key] = v
+        for field in dataclasses.fields(cls):
+            if "low" in field.metadata:
+                kind = int if field.type.startswith("int") else float
+                v = number(field.name.upper(), kind, field.metadata["low"], field.metadata["high"])
+                if v is not None:
+                    values[field.name] = v
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
         return cls(**values)

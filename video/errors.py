@@ -46,6 +46,8 @@ class LimitExceeded(VideoError):
 
     what = "value"
     unit = ""
+    # how value and limit read in the message; fields: v, unit, and v in MB and MiB
+    fmt = "{v:g} {unit}"
 
     def __init__(self, value: float, limit: float, message: str | None = None):
         self.value = value
@@ -56,7 +58,7 @@ class LimitExceeded(VideoError):
 
     @classmethod
     def _show(cls, v: float) -> str:
-        return f"{v:g} {cls.unit}".strip()
+        return cls.fmt.format(v=v, unit=cls.unit, mb=v / 1e6, mib=v / 2**20).strip()
 
     def __reduce__(self):  # keep the attributes through pickling (multiprocessing data loaders)
         return (type(self), (self.value, self.limit, str(self)))
@@ -66,10 +68,7 @@ class TooLarge(LimitExceeded):
     """The input has more bytes than `Limits.max_bytes`."""
 
     what, unit = "the input", "bytes"
-
-    @classmethod
-    def _show(cls, v: float) -> str:
-        return f"{int(v):,} bytes ({v / 1e6:.1f} MB)"
+    fmt = "{v:,.0f} bytes ({mb:.1f} MB)"
 
 
 class TooLong(LimitExceeded):
@@ -82,20 +81,14 @@ class FrameTooLarge(LimitExceeded):
     """A frame has more pixels (width * height) than `Limits.max_frame_area`."""
 
     what, unit = "the frame area (width x height)", "pixels"
-
-    @classmethod
-    def _show(cls, v: float) -> str:
-        return f"{int(v):,} pixels"
+    fmt = "{v:,.0f} pixels"
 
 
 class DecodeTimeout(LimitExceeded):
     """Decoding took longer than `Limits.max_decode_s` (checked between frames)."""
 
     what, unit = "decoding time", "s"
-
-    @classmethod
-    def _show(cls, v: float) -> str:
-        return f"{v:.2f} s"
+    fmt = "{v:.2f} s"
 
 
 class DecodeMemoryExceeded(LimitExceeded):
@@ -104,7 +97,4 @@ class DecodeMemoryExceeded(LimitExceeded):
     failed (the allocation that failed is not known), `limit` the allowance."""
 
     what, unit = "decoding memory", "bytes"
-
-    @classmethod
-    def _show(cls, v: float) -> str:
-        return f"{v / 2**20:,.0f} MiB"
+    fmt = "{mib:,.0f} MiB"
