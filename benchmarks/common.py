@@ -59,6 +59,13 @@ def machine() -> dict:
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
 
 
+def scan_shape_args(ap, batch: int, dim: int, length: int = 1569, state: int = 16) -> None:
+    """The selective scan's shape options (--batch, --dim, --state, --length) of the scan
+    benchmarks; the defaults say which model size each measures."""
+    for flag, default in (("--batch", batch), ("--dim", dim), ("--state", state), ("--length", length)):
+        ap.add_argument(flag, type=int, default=default)
+
+
 def print_table(rows: list[dict], columns: list[str], title: str = ""):
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1000 else (f"{v:.0f}" if isinstance(v, float) else str(v))

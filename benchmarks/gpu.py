@@ -34,7 +34,7 @@ if "--interpret-smoke" in sys.argv:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import print_table, save  # noqa: E402
+from benchmarks.common import print_table, save, scan_shape_args  # noqa: E402
 
 try:
     import triton
@@ -324,10 +324,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="B=2, L=400, D=384; middle at batch 1, 8 frames")
     ap.add_argument("--interpret-smoke", action="store_true", help="no GPU: correctness at tiny shapes, interpreted")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--length", type=int, default=1569)
-    ap.add_argument("--dim", type=int, default=1152)
-    ap.add_argument("--state", type=int, default=16)
+    scan_shape_args(ap, batch=8, dim=1152)
     ap.add_argument("--skip-model", action="store_true", help="kernels only, no whole-model forward")
     args = ap.parse_args()
     if triton is None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import print_table, save, timeit  # noqa: E402
+from benchmarks.common import print_table, save, scan_shape_args, timeit  # noqa: E402
 from model.scan import cpu  # noqa: E402
 from model.scan.reference import selective_scan_ref  # noqa: E402
 
@@ -49,10 +49,7 @@ def inputs(batch, dim, state, length, seed=0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--state", type=int, default=16)
-    ap.add_argument("--length", type=int, default=1569)
+    scan_shape_args(ap, batch=1, dim=384)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="D=128, L=400")
     args = ap.parse_args()

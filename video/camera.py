@@ -17,6 +17,7 @@ Standard PyAV and numpy only (the `video` package imports nothing else of the re
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +26,9 @@ import av
 import numpy as np
 
 from .corpus import can_encode
+
+# realistic_set's clips, one per row (a data table, so kept as data)
+CLIP_TABLE = Path(__file__).with_name("camera_clips.csv")
 
 
 def _scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,30 +155,10 @@ def realistic_set(encoders=None) -> list[CameraClip]:
     this FFmpeg can encode (default: asked of PyAV); clips of other codecs are left out.
     Ordered so that alternate clips (`[0::2]`, `[1::2]`) each hold every codec and 480p to
     1080p (the one 4K clip falls in the first): one half to fit on, the other held out."""
-    clips = [
-        CameraClip(854, 480, 30, 8, 1.0),
-        CameraClip(640, 480, 24, 12, 2.0),
-        CameraClip(1280, 720, 30, 6, 1.0),
-        CameraClip(1280, 720, 60, 5, 0.5),
-        CameraClip(1920, 1080, 30, 5, 1.0),
-        CameraClip(1920, 1080, 30, 8, 2.0, rotation=90),
-        CameraClip(1920, 1080, 60, 4, 0.5),
-        CameraClip(1080, 1080, 30, 6, 2.0),
-        CameraClip(2560, 1080, 24, 4, 4.0),
-        CameraClip(960, 540, 25, 20, 5.0),
-        CameraClip(854, 480, 30, 60, 10.0),
-        CameraClip(1280, 720, 30, 10, 1.0, rotation=90),
-        CameraClip(1280, 720, 30, 5, 1.0, "libx265"),
-        CameraClip(854, 480, 24, 8, 2.0, "libx265", rotation=270),
-        CameraClip(1920, 1080, 30, 4, 1.0, "libx265"),
-        CameraClip(960, 540, 30, 6, 0.5, "libx265"),
-        CameraClip(1280, 720, 30, 4, 1.0, "libvpx-vp9"),
-        CameraClip(854, 480, 30, 8, 5.0, "libvpx-vp9"),
-        CameraClip(1280, 720, 30, 4, 1.0, "libsvtav1"),
-        CameraClip(640, 360, 24, 10, 2.0, "libsvtav1"),
-        CameraClip(3840, 2160, 24, 4, 1.0),
-        CameraClip(1440, 1080, 30, 6, 1.0),
-    ]
+    with open(CLIP_TABLE, newline="") as f:
+        clips = [CameraClip(int(r["width"]), int(r["height"]), float(r["fps"]), float(r["seconds"]),
+                            float(r["gop_s"]), r["codec"], int(r["rotation"]))
+                 for r in csv.DictReader(f)]
     if encoders is None:
         encoders = {c.codec for c in clips if can_encode(c.codec)}
     return [c for c in clips if c.codec in encoders]
