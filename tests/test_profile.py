@@ -277,9 +277,17 @@ def _meta(codec, short, seconds, gop_s, fps=25, kbytes_per_frame=5.0):
             "keyframes": None, "keyframe_interval_s": gop_s}
 
 
-KNOWN = decode_cost.DecodeModel(2.0, {"decoded_frames": 0.05, "decoded_mbytes": 20.0, "seeks": 0.4,
-                               "output_frames": 0.15, "converted_mpx": 2.5},
-                         {"h264": 1.2, "mpeg4": 0.5})
+def _indexed(meta):
+    """meta with the index's keyframes (regular, each 6 mean frames): keyframe mode applies."""
+    gop_s = meta["keyframe_interval_s"]
+    return {**meta, "keyframes": round(meta["duration_s"] / gop_s), "keyframe_max_gap_s": gop_s,
+            "keyframe_bytes": 6 * meta["size_bytes"] / meta["num_frames"]}
+
+
+KNOWN = decode_cost.DecodeModel(2.0, {"decoded_frames": 0.05, "decoded_mbytes": 20.0,
+                                      "keyframe_mbytes": 14.0, "seeks": 0.4,
+                                      "output_frames": 0.15, "converted_mpx": 2.5},
+                                {"h264": 1.2, "mpeg4": 0.5})
 
 
 def _synthetic_samples(model, noise=0.0, seed=0):
@@ -294,6 +302,12 @@ def _synthetic_samples(model, noise=0.0, seed=0):
                         ms = model.predict_meta(meta, frames, pixels)
                         ms *= 1 + noise * rng.standard_normal()
                         samples.append({**meta, "frames": frames, "pixels": pixels, "ms": ms})
+                if gop_s:  # and keyframe mode where every segment holds a keyframe
+                    for frames in (2, 4):
+                        indexed = _indexed(meta)
+                        ms = model.predict_meta(indexed, frames, 112, "keyframe")
+                        samples.append({**indexed, "frames": frames, "pixels": 112,
+                                        "decode": "keyframe", "ms": ms})
     return samples
 
 
@@ -303,7 +317,7 @@ def test_decode_model_fit_recovers_known_coefficients():
     for t in decode_cost.TERMS:
         assert fitted.coef_ms[t] == pytest.approx(KNOWN.coef_ms[t], rel=1e-6), t
     assert fitted.per_mpx_ms == pytest.approx(KNOWN.per_mpx_ms, rel=1e-6)
-    assert fitted.fit["median_abs_rel_error"] < 1e-6 and fitted.fit["samples"] == 144
+    assert fitted.fit["median_abs_rel_error"] < 1e-6 and fitted.fit["samples"] == 144 + 24
     # with 5% noise the coefficients that carry most of the time stay close
     noisy = decode_cost.DecodeModel.fit_samples(_synthetic_samples(KNOWN, noise=0.05, seed=1))
     assert noisy.per_mpx_ms["h264"] == pytest.approx(1.2, rel=0.2)
@@ -336,6 +350,10 @@ def test_decode_model_round_trip_and_validation():
     assert "kind" in msg and "const_ms" in msg and "per_mpx_ms.h264" in msg
     with pytest.raises(ValueError, match="coef_ms"):
         decode_cost.DecodeModel.from_dict({**d, "coef_ms": {"seeks": 1.0}})
+    # a table fitted before keyframe bytes had a coefficient of their own: one for both
+    v1 = {k: v for k, v in d["coef_ms"].items() if k != "keyframe_mbytes"}
+    old = decode_cost.DecodeModel.from_dict({**d, "coef_ms": v1})
+    assert old.coef_ms["keyframe_mbytes"] == old.coef_ms["decoded_mbytes"]
     with pytest.raises(ValueError, match="at least 2"):
         decode_cost.DecodeModel.fit_samples([])
 
@@ -378,10 +396,11 @@ def test_keyframe_workload_is_one_keyframe_per_frame_where_every_segment_holds_o
     assert not decode_cost.keyframe_mode_applies({**meta, "keyframes": None}, 4)
     w = decode_cost.decode_workload(meta, 8, decode="keyframe")
     assert w["decoded_frames"] == w["seeks"] == 8
-    assert w["decoded_mbytes"] == pytest.approx(8 * 0.04)
+    assert w["keyframe_mbytes"] == pytest.approx(8 * 0.04) and w["decoded_mbytes"] == 0
     # no keyframe sizes (Matroska's index): a share of a GOP's bytes
     unsized = decode_cost.decode_workload({**meta, "keyframe_bytes": None}, 8, decode="keyframe")
-    assert unsized["decoded_mbytes"] == pytest.approx(8 * decode_cost.KEYFRAME_SHARE * 12 * 5e-3)
+    assert unsized["keyframe_mbytes"] == pytest.approx(8 * decode_cost.KEYFRAME_SHARE * 12 * 5e-3)
+    assert decode_cost.decode_workload(meta, 8)["keyframe_mbytes"] == 0  # exact: runs only
     # where it does not apply, keyframe mode decodes (and costs) as exact
     assert decode_cost.decode_workload(meta, 16, decode="keyframe") == \
         decode_cost.decode_workload(meta, 16)
