@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def _class_names(source: Path, samples: list[Sample]) -> list[str]:
             raise ValueError(f"labels not in {listed}: {unknown[:10]}")
         return classes
     return sorted({s.label for s in samples})
+
+
+def worker_context(workers: int) -> str | None:
+    """DataLoader workers start from a fork server, not by forking this process: a process
+    that already runs threads (OpenMP, queue feeders, a persistent loader's) can fork a worker
+    that waits forever (measured: the evaluation loader after a cached training run's
+    persistent one, in tests/test_training.py run on its own)."""
+    return "forkserver" if workers > 0 and sys.platform != "win32" else None
 
 
 class ClipDataset(Dataset):

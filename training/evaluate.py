@@ -25,14 +25,15 @@ from torch.utils.data import DataLoader
 from model import load_checkpoint
 from model.flex import static_tokens_patch
 
-from .data import ClipDataset, load_samples
+from .data import ClipDataset, load_samples, worker_context
 
 
 def _loader(samples, classes, frames, pixels, batch_size, workers, decode_mode="exact"):
     dataset = ClipDataset(samples, classes, mode="test", decode_mode=decode_mode)
     keys = [(i, frames, pixels) for i in range(len(samples))]
     batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                      multiprocessing_context=worker_context(workers))
 
 
 @torch.inference_mode()

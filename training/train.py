@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from common.progress import Progress
 from model import build_model, load_checkpoint, save_checkpoint
 
-from .data import ClipDataset, RenderedClips, load_samples
+from .data import ClipDataset, RenderedClips, load_samples, worker_context
 from .distill import Teacher
 from .evaluate import top1
 from .variants import VARIANTS, Config, ConfigSampler, parse_configs
@@ -296,7 +296,8 @@ def main(argv=None):
         if epoch == start_epoch or args.workers == 0 or not args.cache:
             # with a cache, the same worker processes live on across epochs to keep it
             loader = DataLoader(dataset, batch_sampler=_EpochBatches(dataset, batches), num_workers=args.workers,
-                                persistent_workers=args.cache and args.workers > 0)
+                                persistent_workers=args.cache and args.workers > 0,
+                                multiprocessing_context=worker_context(args.workers))
         loader.batch_sampler.batches = batches
         label = f"epoch {epoch + 1}/{args.epochs}"
         progress = Progress(len(batches), label, interval=10, enabled=rank == 0)
