@@ -104,4 +104,3 @@ class Teacher:
             return label_loss
         return (1 - self.weight) * label_loss + self.weight * distill_loss(
             student_logits, taught, self.temperature)
-
