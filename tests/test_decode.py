@@ -255,6 +255,29 @@ def test_sparse_decoding_matches_full_decoding(tmp_path, ext, options):
         assert got == expected, (list(times), got, expected)
 
 
+@pytest.mark.parametrize("short_side", [20, 48, 96])  # shrink (area), same, enlarge (bilinear)
+def test_resized_frames_match_pyav_frame_by_frame(tmp_path, short_side):
+    """The converter keeps one scaler for the clip; the reference is PyAV's `reformat` on each
+    frame alone (a scaler per frame). Fresh random pictures; equal to the byte."""
+    rng = np.random.default_rng()
+    pictures = rng.integers(0, 256, (30, 48, 64, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "noise.mp4", n=30, image=lambda i: pictures[i],
+                       options={"g": "10", "bf": "2"})
+    times = np.sort(rng.uniform(0, 30 / 25, 6))
+    got = decode_frames(path, len(times), times=times, short_side=short_side)
+    width, height = round(64 * short_side / 48), short_side
+    interpolation = "AREA" if short_side < 48 else "BILINEAR"
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start, time_base = stream.start_time or 0, float(stream.time_base)
+        decoded = [((f.pts - start) * time_base, f) for f in container.decode(stream)]
+        expected = [[f for t0, f in decoded if t0 <= t + 1e-6][-1] for t in times]
+        expected = np.stack([f.reformat(width=width, height=height, format="rgb24",
+                                        interpolation=interpolation).to_ndarray()
+                             for f in expected])
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
 @pytest.mark.parametrize("ext,options", [
     ("mp4", {"g": "12"}), ("mkv", {"g": "12"}),
     ("mov", {"g": "15", "bf": "3"}),  # B-frames: the keyframe is held back by the decoder

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from . import rotation as rot
 from .errors import CorruptVideo, FrameTooLarge, TooLong
@@ -495,6 +496,9 @@ class _Converter:
         self.info, self.short_side, self.stats = info, short_side, stats
         self.size: tuple[int, int] | None = None   # coded (width, height) of the output
         self.rotation: int | None = None
+        # One scaler for the clip: `VideoFrame.reformat` builds a new one for every frame, with
+        # a thread pool of its own (PyAV's default), 0.35-0.55 ms a 128 px frame against 0.04.
+        self.reformatter = VideoReformatter()
 
     def convert(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None:
@@ -507,8 +511,9 @@ class _Converter:
         w, h = self.size
         shrink = w * h < frame.width * frame.height
         try:
-            rgb = frame.reformat(width=w, height=h, format="rgb24",
-                                 interpolation="AREA" if shrink else "BILINEAR").to_ndarray()
+            rgb = self.reformatter.reformat(
+                frame, width=w, height=h, format="rgb24",
+                interpolation="AREA" if shrink else "BILINEAR", threads=1).to_ndarray()
         except PYAV_ERRORS as err:
             raise CorruptVideo(f"a decoded frame could not be converted to RGB: "
                                f"{reason(err)}") from None
