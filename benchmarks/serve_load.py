@@ -44,16 +44,17 @@ temporary files left behind, p99 and budgets met per budget. Exit status 1 when 
 
 Mixed budgets (--mixed, issue 29): every request draws its budget from --mix (default: 60, 100,
 150, 250 and 500 ms, or none), the same sequence for every policy of --policies (default
-deadline,fifo: one server each, started in turn, so that one run shows both side by side; a
+deadline,fifo: one server each, all started first, so that one run shows them side by side; a
 policy may carry settings of its own, deadline:URGENT_SLOTS=0 for the scheduler without its
-urgent lane). Per
+urgent lane). The policies take turns at each level, in --rounds slices of it (this host's speed
+drifts within minutes: 3 rounds put each policy in every part of the run). Per
 concurrency level and policy: the share of latency budgets met at the client (a 200 answer
 within budget_ms of sending it; every budgeted request counts, errors and late answers too),
 the effective accuracy (correct and within budget, over all budgeted requests; needs --data),
 throughput, and p50/p99 client latency per budget. Writes serve_mixed.{json,png}:
 
     python benchmarks/serve_load.py --mixed --data data/synthetic/manifest.csv \
-        --concurrency 1,4,8 --duration 60
+        --concurrency 1,4,8 --duration 60 --rounds 3
 
 Frontier (--frontier, with --data at concurrency 1): after the budgeted requests, every profiled
 configuration forced on the same clips, and per budget the best fixed configuration that fits
@@ -68,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import random
 import sys
@@ -120,22 +122,44 @@ def run_load(args, url: str, clips: list[Upload], budgets: list[Budget]) -> dict
 
 
 def run_mixed(args, work: Path, clips: list[Upload], mix: list[Budget]) -> dict:
+    """Every policy's server runs at once (idle while another is measured), and the levels are
+    measured in --rounds rounds, each policy in turn within a level and a round: the host's
+    speed drifts within minutes, and policies measured one after the other (as before) were
+    measured on different hosts."""
     job = mixed_job(clips, mix, args.seed)
-    runs = []
-    for policy in args.policies:
-        with server(args, work, policy) as (url, pid, tmpdir, info):
+    rounds = args.rounds
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for policy in args.policies:
+            url, pid, tmpdir, info = stack.enter_context(server(args, work, policy))
             info["profile"] = server_profile(url)
             warm_up(url, clips, [Budget.parse("none")],
                     3 * len(mix) if args.warmup is None else args.warmup, args.timeout)
-            levels = []
+            servers.append((policy, url, tmpdir, info))
+        measured = {(policy, conc): ([], 0.0) for policy in args.policies
+                    for conc in args.concurrency}
+        for r in range(rounds):
+            # each round goes on with the draws where the last one stopped
+            offset = r * 10 ** 9
+
+            def draw(i, offset=offset):
+                return job(offset + i)
             for conc in args.concurrency:
-                results, wall = run_clients(url, job, conc,
-                                            None if args.duration else args.requests,
-                                            args.duration, args.timeout,
-                                            f"{policy}, concurrency {conc}")
-                levels.append({"concurrency": conc, **summarize_mixed(results, wall, mix)})
+                for policy, url, _, _ in servers:
+                    results, wall = run_clients(
+                        url, draw, conc,
+                        None if args.duration else max(1, -(-args.requests // rounds)),
+                        args.duration / rounds if args.duration else None, args.timeout,
+                        f"{policy}, concurrency {conc}"
+                        + (f", round {r + 1}/{rounds}" if rounds > 1 else ""))
+                    kept, walls = measured[policy, conc]
+                    measured[policy, conc] = (kept + results, walls + wall)
+        runs = []
+        for policy, _, tmpdir, info in servers:
             info["tmp_files_left"] = leftovers(tmpdir)
-        runs.append({"policy": policy, "server": info, "levels": levels})
+            runs.append({"policy": policy, "server": info, "rounds": rounds, "levels": [
+                {"concurrency": conc, **summarize_mixed(*measured[policy, conc], mix)}
+                for conc in args.concurrency]})
     rows = []
     for conc in args.concurrency:
         for run in runs:
@@ -299,6 +323,9 @@ def parse_args(argv=None):
     g.add_argument("--mixed", action="store_true",
                    help="each request draws its budget from --mix; one server per --policies")
     g.add_argument("--mix", default=DEFAULT_MIX, help=f"budgets drawn from (default {DEFAULT_MIX})")
+    g.add_argument("--rounds", type=int, default=1,
+                   help="measure each level in this many slices, the policies taking turns "
+                        "(--duration or --requests split between them; 1)")
     g.add_argument("--policies", default="deadline,fifo",
                    help="STRETCHYSNAKE_SCHEDULER of each server, side by side, each with "
                         "settings of its own if given: deadline:URGENT_SLOTS=0 (deadline,fifo)")
@@ -341,6 +368,8 @@ def parse_args(argv=None):
         ap.error("--mixed starts its own servers: no --soak, --frontier or --url")
     if args.mixed and (not args.mix_list or not args.policies):
         ap.error("--mixed needs a --mix and --policies")
+    if args.rounds < 1 or (args.rounds > 1 and not args.mixed):
+        ap.error("--rounds takes a positive number, and more than 1 only with --mixed")
     if args.frontier and (not args.data or args.soak is not None or args.concurrency[0] != 1
                           or args.duration is not None):
         ap.error("--frontier needs --data, a first --concurrency of 1 and --requests (every "

@@ -151,6 +151,7 @@ def test_mixed_budgets_both_policies_side_by_side(tmp_path):
     out = tmp_path / "results"
     assert serve_load.main(["--mixed", "--checkpoint", str(ckpt), "--profile", str(profile),
                             "--threads", "1", "--concurrency", "1,2", "--requests", "8",
+                            "--rounds", "2",  # the policies take turns: 4 requests each time
                             "--warmup", "2", "--mix", "ms:60000,ms:1,none", "--clips", "2",
                             "--clip-size", "64", "--clip-frames", "16", "--out-dir", str(out),
                             "--no-plot"]) == 0
@@ -158,6 +159,7 @@ def test_mixed_budgets_both_policies_side_by_side(tmp_path):
     assert mixed["mode"] == "mixed" and mixed["mix"] == ["ms:60000", "ms:1", "none"]
     assert [run["policy"] for run in mixed["runs"]] == ["deadline", "fifo"]
     for run in mixed["runs"]:
+        assert run["rounds"] == 2
         assert [level["concurrency"] for level in run["levels"]] == [1, 2]
         for level in run["levels"]:
             assert level["requests"] == 8 and level["ok"] == 8
