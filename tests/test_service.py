@@ -145,15 +145,23 @@ def test_explicit_configuration_overrides_narrow_the_choice(server, assets):
 
 
 def test_infeasible_budget_is_answered_late_and_says_why(server, assets):
+    # the server's earliest answer a moment before (padded, plus the 5 ms margin)
+    strict = _classify(server, assets, "?budget_ms=0.001&strict=true")
+    earliest = strict.json()["detail"]["cheapest_feasible_budget_ms"]
     r = _classify(server, assets, "?budget_ms=0.001")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["budget"]["met"] is False and body["budget"]["feasible"] is False
     assert body["budget"]["reason"] == "decode"  # decoding alone takes longer than 1 us
     assert body["selection"]["reason"].startswith("late")
-    # one of those predicted to answer about as early as the fastest (which ones depends on
-    # this machine's timings; tests/test_scheduler.py checks the rule): never the dearest
-    assert _config(r) != (16, 112, 16)
+    # one of those predicted to answer about as early as the fastest: within 5 ms + 10% of the
+    # time so far (Policy.late_slack_ms, late_slack). The earliest above is padded and carries
+    # the 5 ms margin, room for the online corrections between the two requests. On this tiny
+    # model every option is predicted within a few ms of the fastest (which ones qualify
+    # depends on this machine's timings: a faster decoder let 16 x 112 px in), so which one
+    # runs is checked exactly with a fake clock in tests/test_scheduler.py.
+    spent = body["selection"]["spent_before_selection_ms"]
+    assert body["timing_ms"]["predicted"]["total"] <= earliest + 5 + 0.1 * spent
 
 
 def test_strict_infeasible_budget_is_refused_with_the_cheapest_feasible_budget(server, assets):
