@@ -236,22 +236,32 @@ def _two_digit_index(frame: np.ndarray) -> int:
             + round((int(frame[24, 50, 1]) - 16) / STEP))
 
 
+def _every_frame(path) -> list[tuple[float, av.VideoFrame]]:
+    """Ground truth: (time, frame) of every frame, decoded in order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start, time_base = stream.start_time or 0, float(stream.time_base)
+        return [((f.pts - start) * time_base, f) for f in container.decode(stream)]
+
+
+def _on_screen(frames: list[tuple[float, object]], t: float):
+    """What `frames` ((time, x) in order) show at time t: the last one at or before t, the first
+    one before it starts."""
+    return ([x for t0, x in frames if t0 <= t + 1e-6] or [frames[0][1]])[-1]
+
+
 @pytest.mark.parametrize("ext,options", [
     ("mp4", {"g": "12"}), ("mkv", {"g": "12"}), ("ts", {"g": "12"}),
     ("mov", {"g": "30", "bf": "3"}),  # B-frames: decode order differs from display order
 ])
 def test_sparse_decoding_matches_full_decoding(tmp_path, ext, options):
     path = write_video(tmp_path / f"g.{ext}", n=120, image=_two_digit_image, options=options)
-    with av.open(str(path)) as container:  # ground truth: every frame, decoded in order
-        stream = container.streams.video[0]
-        start, time_base = stream.start_time or 0, float(stream.time_base)
-        truth = [((f.pts - start) * time_base, _two_digit_index(f.to_ndarray(format="rgb24")))
-                 for f in container.decode(stream)]
+    truth = [(t, _two_digit_index(f.to_ndarray(format="rgb24"))) for t, f in _every_frame(path)]
     rng = np.random.default_rng(1)
     for _ in range(8):
         times = rng.uniform(-0.1, 120 / 25 + 0.1, int(rng.integers(1, 12)))
         got = [_two_digit_index(f) for f in decode_frames(path, len(times), times=times)]
-        expected = [([i for t0, i in truth if t0 <= t + 1e-6] or [truth[0][1]])[-1] for t in times]
+        expected = [_on_screen(truth, t) for t in times]
         assert got == expected, (list(times), got, expected)
 
 
@@ -267,14 +277,10 @@ def test_resized_frames_match_pyav_frame_by_frame(tmp_path, short_side):
     got = decode_frames(path, len(times), times=times, short_side=short_side)
     width, height = round(64 * short_side / 48), short_side
     interpolation = "AREA" if short_side < 48 else "BILINEAR"
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        start, time_base = stream.start_time or 0, float(stream.time_base)
-        decoded = [((f.pts - start) * time_base, f) for f in container.decode(stream)]
-        expected = [[f for t0, f in decoded if t0 <= t + 1e-6][-1] for t in times]
-        expected = np.stack([f.reformat(width=width, height=height, format="rgb24",
-                                        interpolation=interpolation).to_ndarray()
-                             for f in expected])
+    frames = _every_frame(path)
+    expected = np.stack([_on_screen(frames, t).reformat(
+        width=width, height=height, format="rgb24", interpolation=interpolation).to_ndarray()
+        for t in times])
     assert got.shape == expected.shape and np.array_equal(got, expected)
 
 
@@ -285,11 +291,8 @@ def test_resized_frames_match_pyav_frame_by_frame(tmp_path, short_side):
 ])
 def test_keyframe_mode_takes_the_nearest_keyframe_in_each_segment(tmp_path, ext, options):
     path = write_video(tmp_path / f"k.{ext}", n=120, image=_two_digit_image, options=options)
-    with av.open(str(path)) as container:  # ground truth: every frame, decoded in order
-        stream = container.streams.video[0]
-        start, time_base = stream.start_time or 0, float(stream.time_base)
-        truth = {round((f.pts - start) * time_base, 6): (_two_digit_index(
-            f.to_ndarray(format="rgb24")), f.key_frame) for f in container.decode(stream)}
+    truth = {round(t, 6): (_two_digit_index(f.to_ndarray(format="rgb24")), f.key_frame)
+             for t, f in _every_frame(path)}
     keys = sorted(t for t, (_, key) in truth.items() if key)
     seed = int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
