@@ -131,15 +131,15 @@ def run_mixed(args, work: Path, clips: list[Upload], mix: list[Budget]) -> dict:
     with contextlib.ExitStack() as stack:
         servers = []
         for policy in args.policies:
-            url, pid, tmpdir, info = stack.enter_context(server(args, work, policy))
+            url, _, tmpdir, info = stack.enter_context(server(args, work, policy))
             info["profile"] = server_profile(url)
             warm_up(url, clips, [Budget.parse("none")],
                     3 * len(mix) if args.warmup is None else args.warmup, args.timeout)
             servers.append((policy, url, tmpdir, info))
-        measured = {(policy, conc): ([], 0.0) for policy in args.policies
-                    for conc in args.concurrency}
+        results_of = collections.defaultdict(list)   # (policy, level) -> its slices' results
+        wall_of = collections.Counter()                # and their seconds
         for r in range(rounds):
-            # each round goes on with the draws where the last one stopped
+            # each round a sequence of draws of its own, the same for every policy and level
             offset = r * 10 ** 9
 
             def draw(i, offset=offset):
@@ -152,13 +152,14 @@ def run_mixed(args, work: Path, clips: list[Upload], mix: list[Budget]) -> dict:
                         args.duration / rounds if args.duration else None, args.timeout,
                         f"{policy}, concurrency {conc}"
                         + (f", round {r + 1}/{rounds}" if rounds > 1 else ""))
-                    kept, walls = measured[policy, conc]
-                    measured[policy, conc] = (kept + results, walls + wall)
+                    results_of[policy, conc] += results
+                    wall_of[policy, conc] += wall
         runs = []
         for policy, _, tmpdir, info in servers:
             info["tmp_files_left"] = leftovers(tmpdir)
             runs.append({"policy": policy, "server": info, "rounds": rounds, "levels": [
-                {"concurrency": conc, **summarize_mixed(*measured[policy, conc], mix)}
+                {"concurrency": conc,
+                 **summarize_mixed(results_of[policy, conc], wall_of[policy, conc], mix)}
                 for conc in args.concurrency]})
     rows = []
     for conc in args.concurrency:
@@ -325,7 +326,7 @@ def parse_args(argv=None):
     g.add_argument("--mix", default=DEFAULT_MIX, help=f"budgets drawn from (default {DEFAULT_MIX})")
     g.add_argument("--rounds", type=int, default=1,
                    help="measure each level in this many slices, the policies taking turns "
-                        "(--duration or --requests split between them; 1)")
+                        "(--duration split between them, --requests too, rounded up; 1)")
     g.add_argument("--policies", default="deadline,fifo",
                    help="STRETCHYSNAKE_SCHEDULER of each server, side by side, each with "
                         "settings of its own if given: deadline:URGENT_SLOTS=0 (deadline,fifo)")
